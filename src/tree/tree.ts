@@ -1,0 +1,621 @@
+import stringify from 'fast-json-stable-stringify';
+import { produce } from 'immer';
+import type { Draft } from 'immer';
+import { ConflictError, NotFoundError, ValidationError } from '../errors.js';
+import { firstDiff, hashText, prefixKey, splice, valueAt } from '../schedule/index.js';
+import type { Canonical, Value } from '../schedule/index.js';
+import { shardDelete, shardGet, shardSet, shardValues } from './shards.js';
+import type {
+  ForkInput,
+  Stage,
+  StageId,
+  StageTree,
+  TrialId,
+  TrialInput,
+  TrialRecord,
+} from './types.js';
+
+/**
+ * The stage tree: a trie, per merge key, of trials by their per-step hyperparameter
+ * values. Every operation returns a new immutable tree (immer); nothing here does I/O
+ * or reads a clock.
+ *
+ * Stage ids are hashes of (merge key, start, end, the path's schedules restricted to
+ * [0, end)), so the same set of trials gives the same ids in any insertion order.
+ */
+
+export function emptyTree(): StageTree {
+  return { roots: {}, stages: {}, trials: {}, ready: {}, counts: { stages: 0, trials: 0 } };
+}
+
+/** The merge key: trials share stages only if their static params and hyperparameter names agree. */
+export function mergeKeyOf(
+  params: Readonly<Record<string, unknown>>,
+  hps: readonly string[],
+): string {
+  return stringify({ hps: [...hps].sort(), params });
+}
+
+// prefixKey is pure but costs a clip, a normalisation and a hash; grid studies ask for
+// the same (schedule, end) pairs over and over.
+const prefixKeyMemo = new Map<string, string>();
+function memoPrefixKey(c: Canonical, end: number): string {
+  const k = `${c.hash}:${end}`;
+  let v = prefixKeyMemo.get(k);
+  if (v === undefined) {
+    if (prefixKeyMemo.size > 1_000_000) prefixKeyMemo.clear();
+    v = prefixKey(c, end);
+    prefixKeyMemo.set(k, v);
+  }
+  return v;
+}
+
+type Schedules = Pick<TrialRecord, 'schedules' | 'hps' | 'mergeKey'>;
+
+function stageIdOf(t: Schedules, start: number, end: number): StageId {
+  const keys = t.hps.map((h) => memoPrefixKey(t.schedules[h] as Canonical, end));
+  return 'S' + hashText(stringify([t.mergeKey, start, end, keys]));
+}
+
+function rootIdOf(mergeKey: string): StageId {
+  return 'R' + hashText(mergeKey);
+}
+
+/** The hyperparameter values of a trial at step t, as a record. */
+export function valuesAt(
+  t: Pick<TrialRecord, 'schedules' | 'hps'>,
+  step: number,
+): Record<string, Value> {
+  const out: Record<string, Value> = {};
+  for (const h of t.hps) out[h] = valueAt(t.schedules[h] as Canonical, step);
+  return out;
+}
+
+function valuesKey(t: Pick<TrialRecord, 'schedules' | 'hps'>, step: number): string {
+  return JSON.stringify(t.hps.map((h) => valueAt(t.schedules[h] as Canonical, step)));
+}
+
+/** First step in [from, to) where the two trials' values differ; `to` if none. */
+function divergence(a: Schedules, b: Schedules, from: number, to: number): number {
+  let best = to;
+  for (const h of a.hps) {
+    const d = firstDiff(a.schedules[h] as Canonical, b.schedules[h] as Canonical, from, best);
+    if (d !== null) best = d;
+  }
+  return best;
+}
+
+function checkSteps(
+  until: unknown,
+  reports: readonly unknown[] | undefined,
+  path: string,
+  after: number,
+): { until: number; reports: number[] } {
+  if (typeof until !== 'number' || !Number.isSafeInteger(until) || until <= after) {
+    throw new ValidationError(`${path}.until`, `an integer > ${after}`, until);
+  }
+  const set = new Set<number>([until]);
+  (reports ?? []).forEach((r, i) => {
+    if (typeof r !== 'number' || !Number.isSafeInteger(r) || r <= after || r > until) {
+      throw new ValidationError(`${path}.reports[${i}]`, `an integer in (${after}, ${until}]`, r);
+    }
+    set.add(r);
+  });
+  return { until, reports: [...set].sort((x, y) => x - y) };
+}
+
+/** All edits of one immer `produce` go through an Editor. */
+class Editor {
+  private readonly added = new Map<TrialId, TrialRecord>();
+
+  constructor(
+    private readonly d: Draft<StageTree>,
+    private readonly base: StageTree,
+  ) {}
+
+  /** A trial's immutable data (schedules never change), without immer proxies. */
+  private trialData(id: TrialId): TrialRecord {
+    const t = this.added.get(id) ?? shardGet(this.base.trials, id);
+    if (!t) throw new NotFoundError('trial', id);
+    return t;
+  }
+
+  stage(id: StageId): Draft<Stage> {
+    const s = shardGet(this.d.stages, id);
+    if (!s) throw new NotFoundError('stage', id);
+    return s;
+  }
+
+  trial(id: TrialId): Draft<TrialRecord> {
+    const t = shardGet(this.d.trials, id);
+    if (!t) throw new NotFoundError('trial', id, 'insert it first');
+    return t;
+  }
+
+  private refresh(id: StageId): void {
+    const s = this.stage(id);
+    const parentDone = s.parent !== null && this.stage(s.parent).done;
+    if (parentDone && s.refs > 0 && !s.done) shardSet(this.d.ready, id, true);
+    else shardDelete(this.d.ready, id);
+  }
+
+  private newStage(parentId: StageId, start: number, end: number, t: TrialRecord): StageId {
+    const id = stageIdOf(t, start, end);
+    if (shardGet(this.d.stages, id)) throw new Error(`internal: stage ${id} exists twice`);
+    const stage: Stage = {
+      id,
+      mergeKey: t.mergeKey,
+      parent: parentId,
+      start,
+      end,
+      rep: t.id,
+      children: {},
+      refs: 0,
+      done: false,
+      reports: [],
+      ends: [],
+    };
+    shardSet(this.d.stages, id, stage);
+    this.stage(parentId).children[valuesKey(t, start)] = id;
+    this.d.counts.stages++;
+    return id;
+  }
+
+  /**
+   * Splits stage [s, e) at m into a top [s, m) and a bottom [m, e). The bottom keeps the
+   * stage's children, results and done flag; the top's end state was never
+   * materialised, so the top is not done (a trial branching at m needs it re-run).
+   */
+  private split(id: StageId, m: number): StageId {
+    const old = this.stage(id);
+    if (!(old.start < m && m < old.end)) throw new Error(`internal: split ${id} at ${m}`);
+    const rep = this.trialData(old.rep);
+    const topId = stageIdOf(rep, old.start, m);
+    const bottomId = stageIdOf(rep, m, old.end);
+    const parentId = old.parent as StageId;
+    const bottom: Stage = {
+      id: bottomId,
+      mergeKey: old.mergeKey,
+      parent: topId,
+      start: m,
+      end: old.end,
+      rep: old.rep,
+      children: { ...old.children },
+      refs: old.refs,
+      done: old.done,
+      reports: [...old.reports],
+      ends: [...old.ends],
+    };
+    const top: Stage = {
+      id: topId,
+      mergeKey: old.mergeKey,
+      parent: parentId,
+      start: old.start,
+      end: m,
+      rep: old.rep,
+      children: { [valuesKey(rep, m)]: bottomId },
+      refs: old.refs,
+      done: false,
+      reports: [],
+      ends: [],
+    };
+    for (const child of Object.values(old.children)) this.stage(child).parent = bottomId;
+    for (const t of old.ends) this.trial(t).leaf = bottomId;
+    shardDelete(this.d.stages, id);
+    shardDelete(this.d.ready, id);
+    shardSet(this.d.stages, topId, top);
+    shardSet(this.d.stages, bottomId, bottom);
+    this.stage(parentId).children[valuesKey(rep, old.start)] = topId;
+    this.d.counts.stages++;
+    this.refresh(topId);
+    this.refresh(bottomId);
+    return topId;
+  }
+
+  /**
+   * Follows (and grows) the trial's path from stage `fromId` to step `until`, splitting
+   * stages where the trial diverges or needs a boundary. Returns the stages passed.
+   */
+  private walk(t: TrialRecord, fromId: StageId, until: number): StageId[] {
+    const path: StageId[] = [];
+    let cur = fromId;
+    let step = this.stage(cur).end;
+    let ci = 0;
+    while (step < until) {
+      while ((t.cuts[ci] as number) <= step) ci++;
+      const nextCut = t.cuts[ci] ?? until;
+      const childId = this.stage(cur).children[valuesKey(t, step)];
+      if (childId === undefined) {
+        cur = this.newStage(cur, step, nextCut, t);
+        path.push(cur);
+        step = nextCut;
+        continue;
+      }
+      const child = this.stage(childId);
+      const limit = Math.min(child.end, nextCut);
+      const d = child.rep === t.id ? limit : divergence(t, this.trialData(child.rep), step, limit);
+      if (d <= step) throw new Error(`internal: divergence at ${d} <= ${step}`);
+      if (d < child.end) {
+        cur = this.split(childId, d);
+        step = d;
+      } else {
+        cur = childId;
+        step = child.end;
+      }
+      path.push(cur);
+    }
+    return path;
+  }
+
+  /** Adds demand, reports and the leaf mark of trial `t` to the stages of `path`. */
+  private claim(t: TrialRecord, path: readonly StageId[], reports: readonly number[]): void {
+    const wanted = new Set(reports);
+    for (const id of path) {
+      const s = this.stage(id);
+      s.refs++;
+      if (wanted.has(s.end)) s.reports.push(t.id);
+    }
+    for (const id of path) this.refresh(id);
+    const leaf = path[path.length - 1];
+    if (leaf !== undefined) this.stage(leaf).ends.push(t.id);
+  }
+
+  insert(input: TrialInput, forkOf: TrialRecord['forkOf'] = null, extraCut?: number): TrialId {
+    const path = `trial ${JSON.stringify(input.id)}`;
+    if (typeof input.id !== 'string' || input.id === '') {
+      throw new ValidationError('trial.id', 'a non-empty string', input.id);
+    }
+    if (this.added.has(input.id) || shardGet(this.d.trials, input.id)) {
+      throw new ConflictError(
+        `trial ${JSON.stringify(input.id)} already exists; trial ids must be unique`,
+      );
+    }
+    const { until, reports } = checkSteps(input.until, input.reports, path, 0);
+    const hps = Object.keys(input.schedules).sort();
+    const mergeKey = mergeKeyOf(input.params, hps);
+    const cuts =
+      extraCut !== undefined && extraCut > 0 ? [...new Set([...reports, extraCut])] : reports;
+    cuts.sort((x, y) => x - y);
+    let rootId = this.d.roots[mergeKey];
+    const record: TrialRecord = {
+      id: input.id,
+      mergeKey,
+      params: input.params,
+      schedules: input.schedules,
+      hps,
+      until,
+      reports,
+      cuts,
+      leaf: rootId ?? rootIdOf(mergeKey),
+      status: 'active',
+      forkOf,
+    };
+    this.added.set(record.id, record);
+    if (rootId === undefined) {
+      rootId = rootIdOf(mergeKey);
+      this.d.roots[mergeKey] = rootId;
+      const root: Stage = {
+        id: rootId,
+        mergeKey,
+        parent: null,
+        start: 0,
+        end: 0,
+        rep: record.id,
+        children: {},
+        refs: 0,
+        done: true,
+        reports: [],
+        ends: [],
+      };
+      shardSet(this.d.stages, rootId, root);
+    }
+    const stages = this.walk(record, rootId, until);
+    const leaf = stages[stages.length - 1] as StageId;
+    const stored = { ...record, leaf };
+    this.added.set(record.id, stored);
+    shardSet(this.d.trials, record.id, stored);
+    this.d.counts.trials++;
+    this.stage(rootId).refs++;
+    this.claim(stored, stages, reports);
+    return record.id;
+  }
+
+  extend(id: TrialId, until: number, reports: readonly number[] = []): void {
+    const t = this.trial(id);
+    if (t.status !== 'active') {
+      throw new ConflictError(
+        `trial ${JSON.stringify(id)} is stopped; fork a new trial from it instead`,
+      );
+    }
+    const checked = checkSteps(until, reports, `extend(${JSON.stringify(id)})`, t.until);
+    const oldLeaf = t.leaf;
+    t.until = checked.until;
+    t.reports.push(...checked.reports);
+    t.cuts.push(...checked.reports);
+    const data = this.trialData(id);
+    const path = this.walk({ ...data, cuts: checked.reports }, oldLeaf, checked.until);
+    const newLeaf = path[path.length - 1] as StageId;
+    const old = this.stage(oldLeaf);
+    old.ends = old.ends.filter((x) => x !== id);
+    t.leaf = newLeaf;
+    this.claim(data, path, checked.reports);
+  }
+
+  stop(id: TrialId): void {
+    const t = this.trial(id);
+    if (t.status === 'stopped') return;
+    t.status = 'stopped';
+    for (let cur: StageId | null = t.leaf; cur !== null;) {
+      const s = this.stage(cur);
+      s.refs--;
+      this.refresh(cur);
+      cur = s.parent;
+    }
+  }
+
+  fork(input: ForkInput): TrialId {
+    const source = this.trialData(input.source);
+    const at = input.at;
+    if (typeof at !== 'number' || !Number.isSafeInteger(at) || at < 0 || at > source.until) {
+      throw new ValidationError(
+        'fork.at',
+        `an integer step in [0, ${source.until}] (the source's demand)`,
+        at,
+      );
+    }
+    const schedules: Record<string, Canonical> = {};
+    for (const h of Object.keys(input.schedules)) {
+      if (!source.hps.includes(h)) {
+        throw new ValidationError(
+          `fork.schedules.${h}`,
+          `a hyperparameter of the source trial (${source.hps.join(', ')})`,
+          h,
+        );
+      }
+    }
+    for (const h of source.hps) {
+      const own = source.schedules[h] as Canonical;
+      const next = input.schedules[h];
+      schedules[h] = next === undefined ? own : splice(own, next, at);
+    }
+    const inputTrial: TrialInput = {
+      id: input.id,
+      params: source.params,
+      schedules,
+      until: input.until,
+      ...(input.reports ? { reports: input.reports } : {}),
+    };
+    if (input.until <= at)
+      throw new ValidationError('fork.until', `an integer > ${at} (fork.at)`, input.until);
+    return this.insert(inputTrial, { trial: source.id, at }, at);
+  }
+
+  markDone(id: StageId): void {
+    const s = this.stage(id);
+    if (s.parent === null) throw new ConflictError(`stage ${id} is a root; roots are always done`);
+    if (s.done) throw new ConflictError(`stage ${id} is already done`);
+    if (!this.stage(s.parent).done) {
+      throw new ConflictError(`stage ${id} cannot be done before its parent ${s.parent}`);
+    }
+    s.done = true;
+    this.refresh(id);
+    for (const child of Object.values(s.children)) this.refresh(child);
+  }
+}
+
+function edit(tree: StageTree, fn: (e: Editor) => void): StageTree {
+  return produce(tree, (d) => {
+    fn(new Editor(d, tree));
+  });
+}
+
+/** Adds a trial; its path is merged with every trial of the same merge key. */
+export function insertTrial(tree: StageTree, trial: TrialInput): StageTree {
+  return edit(tree, (e) => e.insert(trial));
+}
+
+/** Adds many trials in one immutable update (much faster than one at a time). */
+export function insertTrials(tree: StageTree, trials: Iterable<TrialInput>): StageTree {
+  return edit(tree, (e) => {
+    for (const t of trials) e.insert(t);
+  });
+}
+
+/** Extends an active trial's demand to `until`, reporting there and at `reports`. */
+export function extendTrial(
+  tree: StageTree,
+  id: TrialId,
+  until: number,
+  reports: readonly number[] = [],
+): StageTree {
+  return edit(tree, (e) => e.extend(id, until, reports));
+}
+
+/** Withdraws a trial's demand; stages nobody else demands stop being ready. */
+export function stopTrial(tree: StageTree, id: TrialId): StageTree {
+  return edit(tree, (e) => e.stop(id));
+}
+
+/** Adds a trial continuing another trial's state from a step, with new schedules from there. */
+export function forkTrial(tree: StageTree, fork: ForkInput): StageTree {
+  return edit(tree, (e) => e.fork(fork));
+}
+
+/** Records that a stage has been trained (its parent must be done). */
+export function markDone(tree: StageTree, id: StageId): StageTree {
+  return edit(tree, (e) => e.markDone(id));
+}
+
+// ---------------------------------------------------------------- queries
+
+export function getStage(tree: StageTree, id: StageId): Stage {
+  const s = shardGet(tree.stages, id);
+  if (!s) throw new NotFoundError('stage', id);
+  return s;
+}
+
+export function getTrial(tree: StageTree, id: TrialId): TrialRecord {
+  const t = shardGet(tree.trials, id);
+  if (!t) throw new NotFoundError('trial', id);
+  return t;
+}
+
+export function hasTrial(tree: StageTree, id: TrialId): boolean {
+  return shardGet(tree.trials, id) !== undefined;
+}
+
+/** Every stage except the roots. */
+export function* allStages(tree: StageTree): Generator<Stage> {
+  for (const s of shardValues(tree.stages)) if (s.parent !== null) yield s;
+}
+
+export function* allTrials(tree: StageTree): Generator<TrialRecord> {
+  yield* shardValues(tree.trials);
+}
+
+export function rootIds(tree: StageTree): StageId[] {
+  return Object.values(tree.roots).sort();
+}
+
+/** Stages that are demanded, not done, and whose parent is done; sorted by id. */
+export function readyStages(tree: StageTree): Stage[] {
+  const out: Stage[] = [];
+  for (const name of Object.keys(tree.ready)) {
+    for (const id of Object.keys(tree.ready[name] ?? {})) out.push(getStage(tree, id));
+  }
+  return out.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+}
+
+export function isDemanded(tree: StageTree, id: StageId): boolean {
+  return getStage(tree, id).refs > 0;
+}
+
+/** The stages of a trial's path from the first one after the root to its leaf. */
+export function pathOf(tree: StageTree, id: TrialId): Stage[] {
+  const out: Stage[] = [];
+  for (
+    let s = getStage(tree, getTrial(tree, id).leaf);
+    s.parent !== null;
+    s = getStage(tree, s.parent)
+  ) {
+    out.push(s);
+  }
+  return out.reverse();
+}
+
+/** The children of a stage, sorted by start values for display and by id for ties. */
+export function childrenOf(tree: StageTree, id: StageId): Stage[] {
+  return Object.values(getStage(tree, id).children)
+    .map((c) => getStage(tree, c))
+    .sort((a, b) => (a.id < b.id ? -1 : 1));
+}
+
+function* subtree(tree: StageTree, id: StageId): Generator<Stage> {
+  const stack = [id];
+  while (stack.length > 0) {
+    const s = getStage(tree, stack.pop() as StageId);
+    yield s;
+    stack.push(...Object.values(s.children));
+  }
+}
+
+/** Every trial whose path passes through the stage (active or stopped), sorted. */
+export function trialsThrough(tree: StageTree, id: StageId): TrialId[] {
+  const out: TrialId[] = [];
+  for (const s of subtree(tree, id)) out.push(...s.ends);
+  return out.sort();
+}
+
+/** The hyperparameter values of a stage at one of its steps. */
+export function stageValues(tree: StageTree, id: StageId, step?: number): Record<string, Value> {
+  const s = getStage(tree, id);
+  return valuesAt(getTrial(tree, s.rep), step ?? s.start);
+}
+
+const remaining = (s: Stage): number => (s.refs > 0 && !s.done ? s.end - s.start : 0);
+
+/** Demanded, not yet trained steps in the stage's subtree (itself included). */
+export function remainingWork(tree: StageTree, id: StageId): number {
+  let sum = 0;
+  for (const s of subtree(tree, id)) sum += remaining(s);
+  return sum;
+}
+
+/** Steps on the longest demanded, not yet trained chain starting at the stage: its critical path. */
+export function remainingPath(tree: StageTree, id: StageId): number {
+  const s = getStage(tree, id);
+  let best = 0;
+  for (const c of Object.values(s.children)) {
+    const child = getStage(tree, c);
+    if (child.refs > 0) best = Math.max(best, remainingPath(tree, c));
+  }
+  return remaining(s) + best;
+}
+
+/** Whether more than one demanded child continues from the stage's end (its state is needed twice). */
+export function isForkPoint(tree: StageTree, id: StageId): boolean {
+  let n = 0;
+  for (const c of Object.values(getStage(tree, id).children)) if (getStage(tree, c).refs > 0) n++;
+  return n > 1;
+}
+
+/**
+ * Non-root stages whose end is a fork point, sorted. A root's state is the trainer's
+ * fresh initialisation, which any worker re-creates without a checkpoint.
+ */
+export function forkPoints(tree: StageTree): StageId[] {
+  const out: StageId[] = [];
+  for (const s of allStages(tree)) if (isForkPoint(tree, s.id)) out.push(s.id);
+  return out.sort();
+}
+
+/** Unique steps of the tree: the length of every stage that is demanded or done. */
+export function treeSteps(tree: StageTree): number {
+  let sum = 0;
+  for (const s of allStages(tree)) if (s.refs > 0 || s.done) sum += s.end - s.start;
+  return sum;
+}
+
+/** How far a trial has got: the end of the deepest done stage on its path. */
+export function trialProgress(tree: StageTree, id: TrialId): number {
+  for (
+    let s = getStage(tree, getTrial(tree, id).leaf);
+    s.parent !== null;
+    s = getStage(tree, s.parent)
+  ) {
+    if (s.done) return s.end;
+  }
+  return 0;
+}
+
+/**
+ * Steps the trials would train if each ran alone: an active trial its demand, a stopped
+ * trial as far as it got.
+ */
+export function trialSteps(tree: StageTree): number {
+  let sum = 0;
+  for (const t of allTrials(tree))
+    sum += t.status === 'active' ? t.until : trialProgress(tree, t.id);
+  return sum;
+}
+
+export interface TreeStats {
+  readonly trials: number;
+  readonly stages: number;
+  readonly treeSteps: number;
+  readonly trialSteps: number;
+  /** trialSteps / treeSteps (1 when the tree is empty). */
+  readonly idealSavings: number;
+}
+
+export function treeStats(tree: StageTree): TreeStats {
+  const tree_ = treeSteps(tree);
+  const trial = trialSteps(tree);
+  return {
+    trials: tree.counts.trials,
+    stages: tree.counts.stages,
+    treeSteps: tree_,
+    trialSteps: trial,
+    idealSavings: tree_ === 0 ? 1 : trial / tree_,
+  };
+}
