@@ -379,8 +379,40 @@ export function prefixKey(c: Canonical, end: number): string {
 /** Whether two pieces are the same closed form with the same parameters. */
 function samePiece(a: Piece, b: Piece): boolean {
   if (a === b) return true;
-  if (a.f !== b.f) return false;
-  return stringify(a) === stringify(b);
+  switch (a.f) {
+    case 'const':
+      return b.f === 'const' && a.v === b.v;
+    case 'stair':
+      return (
+        b.f === 'stair' &&
+        a.init === b.init &&
+        a.factor === b.factor &&
+        a.every === b.every &&
+        a.origin === b.origin
+      );
+    case 'exp':
+      return b.f === 'exp' && a.init === b.init && a.gamma === b.gamma && a.origin === b.origin;
+    case 'cos':
+      return (
+        b.f === 'cos' &&
+        a.max === b.max &&
+        a.min === b.min &&
+        a.period === b.period &&
+        a.origin === b.origin
+      );
+    case 'lin':
+      return (
+        b.f === 'lin' && a.from === b.from && a.to === b.to && a.w === b.w && a.origin === b.origin
+      );
+    case 'tri':
+      return (
+        b.f === 'tri' &&
+        a.low === b.low &&
+        a.high === b.high &&
+        a.h === b.h &&
+        a.origin === b.origin
+      );
+  }
 }
 
 function isStepwise(p: Piece): p is Extract<Piece, { f: 'const' | 'stair' }> {

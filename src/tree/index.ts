@@ -1,3 +1,4 @@
 export * from './types.js';
 export * from './tree.js';
-export { shardOf } from './shards.js';
+export { emptyShards, shardGet, shardKeys, shardValues } from './shards.js';
+export type { Shards } from './shards.js';

@@ -1,10 +1,11 @@
 import stringify from 'fast-json-stable-stringify';
-import { produce } from 'immer';
+import { freeze, produce } from 'immer';
 import type { Draft } from 'immer';
 import { ConflictError, NotFoundError, ValidationError } from '../errors.js';
 import { firstDiff, hashText, prefixKey, splice, valueAt } from '../schedule/index.js';
 import type { Canonical, Value } from '../schedule/index.js';
-import { shardDelete, shardGet, shardSet, shardValues } from './shards.js';
+import { emptyShards, shardDelete, shardGet, shardKeys, shardSet, shardValues } from './shards.js';
+import type { Shards } from './shards.js';
 import type {
   ForkInput,
   Stage,
@@ -25,7 +26,13 @@ import type {
  */
 
 export function emptyTree(): StageTree {
-  return { roots: {}, stages: {}, trials: {}, ready: {}, counts: { stages: 0, trials: 0 } };
+  return Object.freeze({
+    roots: Object.freeze({}),
+    stages: emptyShards<Stage>(),
+    trials: emptyShards<TrialRecord>(),
+    ready: emptyShards<true>(),
+    counts: Object.freeze({ stages: 0, trials: 0 }),
+  });
 }
 
 /** The merge key: trials share stages only if their static params and hyperparameter names agree. */
@@ -54,7 +61,7 @@ type Schedules = Pick<TrialRecord, 'schedules' | 'hps' | 'mergeKey'>;
 
 function stageIdOf(t: Schedules, start: number, end: number): StageId {
   const keys = t.hps.map((h) => memoPrefixKey(t.schedules[h] as Canonical, end));
-  return 'S' + hashText(stringify([t.mergeKey, start, end, keys]));
+  return 'S' + hashText(JSON.stringify([t.mergeKey, start, end, keys]));
 }
 
 function rootIdOf(mergeKey: string): StageId {
@@ -104,60 +111,96 @@ function checkSteps(
   return { until, reports: [...set].sort((x, y) => x - y) };
 }
 
-/** All edits of one immer `produce` go through an Editor. */
+/**
+ * All edits of one operation go through an Editor. It holds the tree's persistent maps,
+ * replaces records in them (each record edit is an immer `produce`, so records stay
+ * frozen and share what did not change), and hands back a new tree at the end.
+ */
 class Editor {
-  private readonly added = new Map<TrialId, TrialRecord>();
+  private stages: Shards<Stage>;
+  private trials: Shards<TrialRecord>;
+  private ready: Shards<true>;
+  private roots: StageTree['roots'];
+  private stageCount: number;
+  private trialCount: number;
 
-  constructor(
-    private readonly d: Draft<StageTree>,
-    private readonly base: StageTree,
-  ) {}
-
-  /** A trial's immutable data (schedules never change), without immer proxies. */
-  private trialData(id: TrialId): TrialRecord {
-    const t = this.added.get(id) ?? shardGet(this.base.trials, id);
-    if (!t) throw new NotFoundError('trial', id);
-    return t;
+  constructor(base: StageTree) {
+    this.stages = base.stages;
+    this.trials = base.trials;
+    this.ready = base.ready;
+    this.roots = base.roots;
+    this.stageCount = base.counts.stages;
+    this.trialCount = base.counts.trials;
   }
 
-  stage(id: StageId): Draft<Stage> {
-    const s = shardGet(this.d.stages, id);
+  result(): StageTree {
+    return Object.freeze({
+      roots: this.roots,
+      stages: this.stages,
+      trials: this.trials,
+      ready: this.ready,
+      counts: Object.freeze({ stages: this.stageCount, trials: this.trialCount }),
+    });
+  }
+
+  stage(id: StageId): Stage {
+    const s = shardGet(this.stages, id);
     if (!s) throw new NotFoundError('stage', id);
     return s;
   }
 
-  trial(id: TrialId): Draft<TrialRecord> {
-    const t = shardGet(this.d.trials, id);
+  trial(id: TrialId): TrialRecord {
+    const t = shardGet(this.trials, id);
     if (!t) throw new NotFoundError('trial', id, 'insert it first');
     return t;
+  }
+
+  private putStage(s: Stage): void {
+    this.stages = shardSet(this.stages, s.id, s);
+  }
+
+  /**
+   * Replaces fields of a stage. Stages are small flat records updated on every demand
+   * change, so this is a frozen spread rather than an immer draft (13 us -> 1 us).
+   */
+  private updateStage(id: StageId, patch: Partial<Stage>): void {
+    this.putStage(Object.freeze({ ...this.stage(id), ...patch }));
+  }
+
+  private updateTrial(id: TrialId, recipe: (d: Draft<TrialRecord>) => void): void {
+    this.trials = shardSet(this.trials, id, produce(this.trial(id), recipe));
+  }
+
+  private addChild(parentId: StageId, key: string, childId: StageId): void {
+    this.updateStage(parentId, { children: shardSet(this.stage(parentId).children, key, childId) });
   }
 
   private refresh(id: StageId): void {
     const s = this.stage(id);
     const parentDone = s.parent !== null && this.stage(s.parent).done;
-    if (parentDone && s.refs > 0 && !s.done) shardSet(this.d.ready, id, true);
-    else shardDelete(this.d.ready, id);
+    if (parentDone && s.refs > 0 && !s.done) this.ready = shardSet(this.ready, id, true);
+    else this.ready = shardDelete(this.ready, id);
   }
 
   private newStage(parentId: StageId, start: number, end: number, t: TrialRecord): StageId {
     const id = stageIdOf(t, start, end);
-    if (shardGet(this.d.stages, id)) throw new Error(`internal: stage ${id} exists twice`);
-    const stage: Stage = {
-      id,
-      mergeKey: t.mergeKey,
-      parent: parentId,
-      start,
-      end,
-      rep: t.id,
-      children: {},
-      refs: 0,
-      done: false,
-      reports: [],
-      ends: [],
-    };
-    shardSet(this.d.stages, id, stage);
-    this.stage(parentId).children[valuesKey(t, start)] = id;
-    this.d.counts.stages++;
+    if (shardGet(this.stages, id)) throw new Error(`internal: stage ${id} exists twice`);
+    this.putStage(
+      freeze<Stage>({
+        id,
+        mergeKey: t.mergeKey,
+        parent: parentId,
+        start,
+        end,
+        rep: t.id,
+        children: emptyShards(),
+        refs: 0,
+        done: false,
+        ends: [],
+      }),
+    );
+    this.addChild(parentId, valuesKey(t, start), id);
+    this.stageCount++;
     return id;
   }
 
@@ -169,44 +212,33 @@ class Editor {
   private split(id: StageId, m: number): StageId {
     const old = this.stage(id);
     if (!(old.start < m && m < old.end)) throw new Error(`internal: split ${id} at ${m}`);
-    const rep = this.trialData(old.rep);
+    const rep = this.trial(old.rep);
     const topId = stageIdOf(rep, old.start, m);
     const bottomId = stageIdOf(rep, m, old.end);
     const parentId = old.parent as StageId;
-    const bottom: Stage = {
-      id: bottomId,
-      mergeKey: old.mergeKey,
-      parent: topId,
-      start: m,
-      end: old.end,
-      rep: old.rep,
-      children: { ...old.children },
-      refs: old.refs,
-      done: old.done,
-      reports: [...old.reports],
-      ends: [...old.ends],
-    };
-    const top: Stage = {
-      id: topId,
-      mergeKey: old.mergeKey,
-      parent: parentId,
-      start: old.start,
-      end: m,
-      rep: old.rep,
-      children: { [valuesKey(rep, m)]: bottomId },
-      refs: old.refs,
-      done: false,
-      reports: [],
-      ends: [],
-    };
-    for (const child of Object.values(old.children)) this.stage(child).parent = bottomId;
-    for (const t of old.ends) this.trial(t).leaf = bottomId;
-    shardDelete(this.d.stages, id);
-    shardDelete(this.d.ready, id);
-    shardSet(this.d.stages, topId, top);
-    shardSet(this.d.stages, bottomId, bottom);
-    this.stage(parentId).children[valuesKey(rep, old.start)] = topId;
-    this.d.counts.stages++;
+    this.putStage(freeze<Stage>({ ...old, id: bottomId, parent: topId, start: m }));
+    this.putStage(
+      freeze<Stage>({
+        ...old,
+        id: topId,
+        end: m,
+        children: shardSet(emptyShards<StageId>(), valuesKey(rep, m), bottomId),
+        done: false,
+        ends: [],
+      }),
+    );
+    this.stages = shardDelete(this.stages, id);
+    this.ready = shardDelete(this.ready, id);
+    for (const child of shardValues(old.children)) {
+      this.updateStage(child, { parent: bottomId });
+    }
+    for (const t of old.ends) {
+      this.updateTrial(t, (d) => {
+        d.leaf = bottomId;
+      });
+    }
+    this.addChild(parentId, valuesKey(rep, old.start), topId);
+    this.stageCount++;
     this.refresh(topId);
     this.refresh(bottomId);
     return topId;
@@ -224,7 +256,7 @@ class Editor {
     while (step < until) {
       while ((t.cuts[ci] as number) <= step) ci++;
       const nextCut = t.cuts[ci] ?? until;
-      const childId = this.stage(cur).children[valuesKey(t, step)];
+      const childId = shardGet(this.stage(cur).children, valuesKey(t, step));
       if (childId === undefined) {
         cur = this.newStage(cur, step, nextCut, t);
         path.push(cur);
@@ -233,7 +265,7 @@ class Editor {
       }
       const child = this.stage(childId);
       const limit = Math.min(child.end, nextCut);
-      const d = child.rep === t.id ? limit : divergence(t, this.trialData(child.rep), step, limit);
+      const d = child.rep === t.id ? limit : divergence(t, this.trial(child.rep), step, limit);
       if (d <= step) throw new Error(`internal: divergence at ${d} <= ${step}`);
       if (d < child.end) {
         cur = this.split(childId, d);
@@ -247,17 +279,17 @@ class Editor {
     return path;
   }
 
-  /** Adds demand, reports and the leaf mark of trial `t` to the stages of `path`. */
-  private claim(t: TrialRecord, path: readonly StageId[], reports: readonly number[]): void {
-    const wanted = new Set(reports);
+  /** Adds the demand and the leaf mark of trial `t` to the stages of `path`. */
+  private claim(t: TrialRecord, path: readonly StageId[]): void {
+    const leaf = path[path.length - 1];
     for (const id of path) {
       const s = this.stage(id);
-      s.refs++;
-      if (wanted.has(s.end)) s.reports.push(t.id);
+      this.updateStage(
+        id,
+        id === leaf ? { refs: s.refs + 1, ends: [...s.ends, t.id] } : { refs: s.refs + 1 },
+      );
     }
     for (const id of path) this.refresh(id);
-    const leaf = path[path.length - 1];
-    if (leaf !== undefined) this.stage(leaf).ends.push(t.id);
   }
 
   insert(input: TrialInput, forkOf: TrialRecord['forkOf'] = null, extraCut?: number): TrialId {
@@ -265,7 +297,7 @@ class Editor {
     if (typeof input.id !== 'string' || input.id === '') {
       throw new ValidationError('trial.id', 'a non-empty string', input.id);
     }
-    if (this.added.has(input.id) || shardGet(this.d.trials, input.id)) {
+    if (shardGet(this.trials, input.id)) {
       throw new ConflictError(
         `trial ${JSON.stringify(input.id)} already exists; trial ids must be unique`,
       );
@@ -276,47 +308,49 @@ class Editor {
     const cuts =
       extraCut !== undefined && extraCut > 0 ? [...new Set([...reports, extraCut])] : reports;
     cuts.sort((x, y) => x - y);
-    let rootId = this.d.roots[mergeKey];
-    const record: TrialRecord = {
-      id: input.id,
-      mergeKey,
-      params: input.params,
-      schedules: input.schedules,
-      hps,
-      until,
-      reports,
-      cuts,
-      leaf: rootId ?? rootIdOf(mergeKey),
-      status: 'active',
-      forkOf,
-    };
-    this.added.set(record.id, record);
+    let rootId = this.roots[mergeKey];
     if (rootId === undefined) {
       rootId = rootIdOf(mergeKey);
-      this.d.roots[mergeKey] = rootId;
-      const root: Stage = {
-        id: rootId,
-        mergeKey,
-        parent: null,
-        start: 0,
-        end: 0,
-        rep: record.id,
-        children: {},
-        refs: 0,
-        done: true,
-        reports: [],
-        ends: [],
-      };
-      shardSet(this.d.stages, rootId, root);
+      this.roots = Object.freeze({ ...this.roots, [mergeKey]: rootId });
+      this.putStage(
+        freeze<Stage>({
+          id: rootId,
+          mergeKey,
+          parent: null,
+          start: 0,
+          end: 0,
+          rep: input.id,
+          children: emptyShards(),
+          refs: 0,
+          done: true,
+          ends: [],
+        }),
+      );
     }
+    const record: TrialRecord = freeze(
+      {
+        id: input.id,
+        mergeKey,
+        params: input.params,
+        schedules: input.schedules,
+        hps,
+        until,
+        reports,
+        cuts,
+        leaf: rootId,
+        status: 'active',
+        forkOf,
+      },
+      true,
+    );
+    // The record is visible (as the rep of new stages) while its path is built.
+    this.trials = shardSet(this.trials, record.id, record);
     const stages = this.walk(record, rootId, until);
     const leaf = stages[stages.length - 1] as StageId;
-    const stored = { ...record, leaf };
-    this.added.set(record.id, stored);
-    shardSet(this.d.trials, record.id, stored);
-    this.d.counts.trials++;
-    this.stage(rootId).refs++;
-    this.claim(stored, stages, reports);
+    this.trials = shardSet(this.trials, record.id, freeze({ ...record, leaf }));
+    this.trialCount++;
+    this.updateStage(rootId, { refs: this.stage(rootId).refs + 1 });
+    this.claim(record, stages);
     return record.id;
   }
 
@@ -328,33 +362,33 @@ class Editor {
       );
     }
     const checked = checkSteps(until, reports, `extend(${JSON.stringify(id)})`, t.until);
-    const oldLeaf = t.leaf;
-    t.until = checked.until;
-    t.reports.push(...checked.reports);
-    t.cuts.push(...checked.reports);
-    const data = this.trialData(id);
-    const path = this.walk({ ...data, cuts: checked.reports }, oldLeaf, checked.until);
+    const path = this.walk({ ...t, cuts: checked.reports }, t.leaf, checked.until);
     const newLeaf = path[path.length - 1] as StageId;
-    const old = this.stage(oldLeaf);
-    old.ends = old.ends.filter((x) => x !== id);
-    t.leaf = newLeaf;
-    this.claim(data, path, checked.reports);
+    this.updateStage(t.leaf, { ends: this.stage(t.leaf).ends.filter((x) => x !== id) });
+    this.updateTrial(id, (d) => {
+      d.until = checked.until;
+      d.reports.push(...checked.reports);
+      d.cuts.push(...checked.reports);
+      d.leaf = newLeaf;
+    });
+    this.claim(t, path);
   }
 
   stop(id: TrialId): void {
     const t = this.trial(id);
     if (t.status === 'stopped') return;
-    t.status = 'stopped';
+    this.updateTrial(id, (d) => {
+      d.status = 'stopped';
+    });
     for (let cur: StageId | null = t.leaf; cur !== null;) {
-      const s = this.stage(cur);
-      s.refs--;
+      this.updateStage(cur, { refs: this.stage(cur).refs - 1 });
       this.refresh(cur);
-      cur = s.parent;
+      cur = this.stage(cur).parent;
     }
   }
 
   fork(input: ForkInput): TrialId {
-    const source = this.trialData(input.source);
+    const source = this.trial(input.source);
     const at = input.at;
     if (typeof at !== 'number' || !Number.isSafeInteger(at) || at < 0 || at > source.until) {
       throw new ValidationError(
@@ -397,16 +431,16 @@ class Editor {
     if (!this.stage(s.parent).done) {
       throw new ConflictError(`stage ${id} cannot be done before its parent ${s.parent}`);
     }
-    s.done = true;
+    this.updateStage(id, { done: true });
     this.refresh(id);
-    for (const child of Object.values(s.children)) this.refresh(child);
+    for (const child of shardValues(s.children)) this.refresh(child);
   }
 }
 
 function edit(tree: StageTree, fn: (e: Editor) => void): StageTree {
-  return produce(tree, (d) => {
-    fn(new Editor(d, tree));
-  });
+  const e = new Editor(tree);
+  fn(e);
+  return e.result();
 }
 
 /** Adds a trial; its path is merged with every trial of the same merge key. */
@@ -480,9 +514,7 @@ export function rootIds(tree: StageTree): StageId[] {
 /** Stages that are demanded, not done, and whose parent is done; sorted by id. */
 export function readyStages(tree: StageTree): Stage[] {
   const out: Stage[] = [];
-  for (const name of Object.keys(tree.ready)) {
-    for (const id of Object.keys(tree.ready[name] ?? {})) out.push(getStage(tree, id));
-  }
+  for (const id of shardKeys(tree.ready)) out.push(getStage(tree, id));
   return out.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
 }
 
@@ -505,7 +537,7 @@ export function pathOf(tree: StageTree, id: TrialId): Stage[] {
 
 /** The children of a stage, sorted by start values for display and by id for ties. */
 export function childrenOf(tree: StageTree, id: StageId): Stage[] {
-  return Object.values(getStage(tree, id).children)
+  return [...shardValues(getStage(tree, id).children)]
     .map((c) => getStage(tree, c))
     .sort((a, b) => (a.id < b.id ? -1 : 1));
 }
@@ -515,7 +547,7 @@ function* subtree(tree: StageTree, id: StageId): Generator<Stage> {
   while (stack.length > 0) {
     const s = getStage(tree, stack.pop() as StageId);
     yield s;
-    stack.push(...Object.values(s.children));
+    for (const c of shardValues(s.children)) stack.push(c);
   }
 }
 
@@ -524,6 +556,15 @@ export function trialsThrough(tree: StageTree, id: StageId): TrialId[] {
   const out: TrialId[] = [];
   for (const s of subtree(tree, id)) out.push(...s.ends);
   return out.sort();
+}
+
+/** Active trials through the stage that asked for a metric at its end, sorted. */
+export function reportsAt(tree: StageTree, id: StageId): TrialId[] {
+  const end = getStage(tree, id).end;
+  return trialsThrough(tree, id).filter((t) => {
+    const trial = getTrial(tree, t);
+    return trial.status === 'active' && trial.reports.includes(end);
+  });
 }
 
 /** The hyperparameter values of a stage at one of its steps. */
@@ -545,7 +586,7 @@ export function remainingWork(tree: StageTree, id: StageId): number {
 export function remainingPath(tree: StageTree, id: StageId): number {
   const s = getStage(tree, id);
   let best = 0;
-  for (const c of Object.values(s.children)) {
+  for (const c of shardValues(s.children)) {
     const child = getStage(tree, c);
     if (child.refs > 0) best = Math.max(best, remainingPath(tree, c));
   }
@@ -555,7 +596,7 @@ export function remainingPath(tree: StageTree, id: StageId): number {
 /** Whether more than one demanded child continues from the stage's end (its state is needed twice). */
 export function isForkPoint(tree: StageTree, id: StageId): boolean {
   let n = 0;
-  for (const c of Object.values(getStage(tree, id).children)) if (getStage(tree, c).refs > 0) n++;
+  for (const c of shardValues(getStage(tree, id).children)) if (getStage(tree, c).refs > 0) n++;
   return n > 1;
 }
 

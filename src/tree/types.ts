@@ -62,14 +62,15 @@ export interface Stage {
   readonly end: number;
   /** A trial through this stage; its schedules give the stage's values. */
   readonly rep: TrialId;
-  /** Children by the JSON of their hyperparameter values at their first step. */
-  readonly children: Readonly<Record<string, StageId>>;
+  /**
+   * Children by the JSON of their hyperparameter values at their first step (sharded:
+   * a root of a random study can have a child per trial).
+   */
+  readonly children: Shards<StageId>;
   /** How many active trials demand this stage. */
   readonly refs: number;
   /** Trained, and its trials have seen their metrics at `end`. */
   readonly done: boolean;
-  /** Trials that want a metric at `end`. */
-  readonly reports: readonly TrialId[];
   /** Trials whose `until` is `end` on this path (this is their leaf). */
   readonly ends: readonly TrialId[];
 }

@@ -1,7 +1,7 @@
 import fc from 'fast-check';
 import { canonicalize, parseSchedule, valueAt } from '../../src/schedule/index.js';
 import type { Canonical } from '../../src/schedule/index.js';
-import { allStages, allTrials, mergeKeyOf } from '../../src/tree/index.js';
+import { allStages, allTrials, childrenOf, mergeKeyOf, reportsAt } from '../../src/tree/index.js';
 import type { StageTree, TrialInput } from '../../src/tree/index.js';
 import { canonical } from './arbitraries.js';
 
@@ -53,8 +53,10 @@ export function snapshot(tree: StageTree): unknown {
       parent: s.parent,
       refs: s.refs,
       done: s.done,
-      children: Object.values(s.children).sort(),
-      reports: [...s.reports].sort(),
+      children: childrenOf(tree, s.id)
+        .map((x) => x.id)
+        .sort(),
+      reports: reportsAt(tree, s.id),
       ends: [...s.ends].sort(),
     }))
     .sort((a, b) => (a.id < b.id ? -1 : 1));

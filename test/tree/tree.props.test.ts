@@ -15,6 +15,7 @@ import {
   markDone,
   pathOf,
   readyStages,
+  reportsAt,
   stopTrial,
   treeStats,
 } from '../../src/tree/index.js';
@@ -65,7 +66,7 @@ describe('stage tree invariants', () => {
         }
         expect(step).toBe(t.until);
         for (const r of [...(t.reports ?? []), t.until]) {
-          expect(path.some((s) => s.end === r && s.reports.includes(t.id))).toBe(true);
+          expect(path.some((s) => s.end === r && reportsAt(tree, s.id).includes(t.id))).toBe(true);
         }
       }
     },

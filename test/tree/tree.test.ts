@@ -13,6 +13,7 @@ import {
   markDone,
   pathOf,
   readyStages,
+  reportsAt,
   remainingPath,
   remainingWork,
   stageValues,
@@ -67,7 +68,7 @@ describe('StageTree', () => {
     tree = insertTrial(tree, trial('b', [100], 200, [50]));
     expect(ranges(tree, 'a')).toEqual(['0-50', '50-200']);
     const [first] = pathOf(tree, 'b');
-    expect(first?.reports).toEqual(['b']);
+    expect(reportsAt(tree, (first as { id: string }).id)).toEqual(['b']);
   });
 
   it('knows what is ready, what remains and where the forks are', () => {

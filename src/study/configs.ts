@@ -1,0 +1,139 @@
+import { ValidationError } from '../errors.js';
+import { canonicalize, parseSchedule } from '../schedule/index.js';
+import type { Canonical, Schedule } from '../schedule/index.js';
+import {
+  cartesian,
+  checkedGridSize,
+  compileStudy,
+  gridValues,
+  objectFrom,
+  sampleValue,
+  type Path,
+} from './domain.js';
+import { createRng } from './rng.js';
+import type { JsonValue, Study } from './types.js';
+
+/** One configuration of a study: its static params and one schedule per hyperparameter. */
+export interface TrialConfig {
+  /** Position in the list returned by `gridConfigs` / `randomConfigs`, from 0. */
+  readonly index: number;
+  /** Static params with every domain resolved (the merge key). */
+  readonly params: Readonly<Record<string, unknown>>;
+  /** `parseSchedule(value, ['space', hp])` of each hyperparameter's resolved value. */
+  readonly schedules: Readonly<Record<string, Schedule>>;
+  /** `canonicalize(schedules[hp])`; equal schedules share one object across trials. */
+  readonly canonical: Readonly<Record<string, Canonical>>;
+}
+
+interface Parsed {
+  readonly schedule: Schedule;
+  readonly canonical: Canonical;
+}
+
+/**
+ * Parses and canonicalises each distinct schedule once, keyed by its JSON text, and shares
+ * one `Canonical` per hash. The JSON key is `JSON.stringify` rather than a key-sorting stringify: values resolved
+ * from one template have their keys in one order, so equal values get equal keys where it
+ * matters, at a fraction of the cost; equal values written in different key orders only
+ * cost a second parse and still share their `Canonical` through the hash.
+ */
+class ScheduleCache {
+  private readonly byJson = new Map<string, Parsed>();
+  private readonly byHash = new Map<string, Canonical>();
+
+  get(value: JsonValue, path: Path): Parsed {
+    const key =
+      typeof value === 'number'
+        ? `n${value}`
+        : typeof value === 'string'
+          ? `s${value}`
+          : JSON.stringify(value);
+    let parsed = this.byJson.get(key);
+    if (!parsed) {
+      const schedule = parseSchedule(value, path);
+      const fresh = canonicalize(schedule);
+      let canonical = this.byHash.get(fresh.hash);
+      if (!canonical) {
+        canonical = fresh;
+        this.byHash.set(fresh.hash, fresh);
+      }
+      parsed = { schedule, canonical };
+      this.byJson.set(key, parsed);
+    }
+    return parsed;
+  }
+}
+
+function makeConfig(
+  index: number,
+  params: unknown,
+  hps: readonly string[],
+  parsed: readonly Parsed[],
+): TrialConfig {
+  return {
+    index,
+    params: params as Record<string, unknown>,
+    schedules: objectFrom(
+      hps,
+      parsed.map((p) => p.schedule),
+    ) as Record<string, Schedule>,
+    canonical: objectFrom(
+      hps,
+      parsed.map((p) => p.canonical),
+    ) as Record<string, Canonical>,
+  };
+}
+
+/**
+ * Every configuration of the study: the cartesian product of every `choice` (nested ones
+ * expanded in place) and every `int` range, over params and then each hyperparameter.
+ * Order: params before space, JSON key order within each, array items in order, choice
+ * options as listed, int ranges from lo to hi; the last varies fastest. Throws a
+ * `ValidationError` for `uniform` / `loguniform`, for a grid of more than
+ * `MAX_GRID_CONFIGS` configurations (before enumerating), and for a configuration whose
+ * schedule is invalid.
+ */
+export function gridConfigs(study: Study): TrialConfig[] {
+  const c = compileStudy(study);
+  checkedGridSize(c);
+  const cache = new ScheduleCache();
+  const paramsList = gridValues(c.params);
+  const hpLists = c.space.map((node, i) => {
+    const path = ['space', c.hps[i] as string];
+    return gridValues(node).map((value) => cache.get(value, path));
+  });
+  return cartesian([paramsList, ...hpLists], (picks, index) =>
+    makeConfig(index, picks[0], c.hps, picks.slice(1) as Parsed[]),
+  );
+}
+
+/**
+ * `trials` configurations sampled from the study's domains with `createRng(seed)`:
+ * choice uniformly among its options (then inside the chosen one), uniform and
+ * loguniform in [lo, hi], int uniformly in [lo, hi] inclusive. Each trial samples params
+ * and then each hyperparameter, depth-first in key order, so the same seed gives the
+ * same configurations and asking for more trials extends the list. Throws a
+ * `ValidationError` if a sampled schedule is invalid.
+ */
+export function randomConfigs(study: Study, trials: number, seed: number): TrialConfig[] {
+  if (!Number.isSafeInteger(trials) || trials < 0) {
+    throw new ValidationError('trials', 'an integer >= 0', trials);
+  }
+  const rng = createRng(seed);
+  const c = compileStudy(study);
+  const cache = new ScheduleCache();
+  const paths = c.hps.map((hp) => ['space', hp] as const);
+  // Hyperparameters without domains are the same in every trial: parse them once.
+  const fixed = c.space.map((node, i) =>
+    node.t === 'lit' ? cache.get(node.value, paths[i] as Path) : undefined,
+  );
+  const out: TrialConfig[] = [];
+  for (let index = 0; index < trials; index++) {
+    const params = sampleValue(c.params, rng);
+    const parsed = c.space.map(
+      (node, i) => fixed[i] ?? cache.get(sampleValue(node, rng), paths[i] as Path),
+    );
+    out.push(makeConfig(index, params, c.hps, parsed));
+  }
+  return out;
+}

@@ -1,0 +1,7 @@
+export * from './types.js';
+export { parseStudy } from './parse.js';
+export { gridConfigs, randomConfigs } from './configs.js';
+export type { TrialConfig } from './configs.js';
+export { createRng } from './rng.js';
+export type { Rng } from './rng.js';
+export { isDomain, MAX_GRID_CONFIGS } from './domain.js';

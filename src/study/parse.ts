@@ -1,0 +1,280 @@
+import { z } from 'zod';
+import { formatPath, ValidationError } from '../errors.js';
+import { parseSchedule } from '../schedule/index.js';
+import {
+  compileStudy,
+  firstValue,
+  checkedGridSize,
+  type Path,
+  templateValue,
+  type TemplateNode,
+} from './domain.js';
+import { DOMAIN_KINDS, METRIC_MODES, TRAINER_KINDS, TUNER_KINDS } from './types.js';
+import type { Study, TrainerSpec, TunerSpec } from './types.js';
+
+/*
+ * The structure is checked by a zod schema in which every node carries the phrase a user
+ * reads after "expected" (`{ error: ... }`); zod issues are then turned into one
+ * `ValidationError` naming the field path and the value found there. Search domains and
+ * schedules are checked afterwards by hand: they may nest anywhere.
+ */
+
+function isRecord(x: unknown): x is Record<string, unknown> {
+  return typeof x === 'object' && x !== null && !Array.isArray(x);
+}
+
+/** Zod params whose message is the phrase a user reads after "expected". */
+const says = (phrase: string) => ({ error: phrase });
+
+const nonEmptyString = (): z.ZodString =>
+  z.string(says('a non-empty string')).min(1, says('a non-empty string'));
+
+const integerFrom = (min: number) => {
+  const phrase = `an integer >= ${min}`;
+  return z.int(says(phrase)).min(min, says(phrase));
+};
+
+const positive = () => z.number(says('a number > 0')).positive(says('a number > 0'));
+
+const nonNegative = () => z.number(says('a number >= 0')).min(0, says('a number >= 0'));
+
+/**
+ * A strict object: unknown fields are rejected, and the message lists the allowed ones.
+ * `what` names the object in messages ("a random tuner").
+ */
+function strict<S extends z.ZodRawShape>(what: string, shape: S) {
+  const allowed = Object.keys(shape).join(', ');
+  return z.strictObject(shape, {
+    error: (issue) =>
+      issue.code === 'unrecognized_keys'
+        ? `no such field (${what} takes ${allowed})`
+        : `${what} object {${allowed}}`,
+  });
+}
+
+const kindOf = (kinds: readonly string[]) =>
+  `one of ${kinds.map((k) => JSON.stringify(k)).join(', ')}`;
+
+/** A union over `kind`; add tuners (sha, asha, hyperband, median, pbt) as more members. */
+const tunerSchema = z.discriminatedUnion(
+  'kind',
+  [
+    strict('a grid tuner', { kind: z.literal('grid') }),
+    strict('a random tuner', {
+      kind: z.literal('random'),
+      trials: integerFrom(1),
+      seed: z.int(says('an integer')).default(0),
+    }),
+  ],
+  {
+    error: (issue) =>
+      isRecord(issue.input) ? kindOf(TUNER_KINDS) : 'a tuner object with a "kind"',
+  },
+);
+
+/** A union over `kind`; `node` and `python` trainers come later. */
+const trainerSchema = z.discriminatedUnion(
+  'kind',
+  [
+    strict('a sim trainer', {
+      kind: z.literal('sim'),
+      stepSeconds: positive(),
+      startSeconds: nonNegative().default(0),
+      saveSeconds: nonNegative().default(0),
+      loadSeconds: nonNegative().default(0),
+    }),
+  ],
+  {
+    error: (issue) =>
+      isRecord(issue.input) ? kindOf(TRAINER_KINDS) : 'a trainer object with a "kind"',
+  },
+);
+
+const metricSchema = strict('a metric', {
+  name: nonEmptyString(),
+  mode: z.enum(METRIC_MODES, says(kindOf(METRIC_MODES))),
+});
+
+const resourcesSchema = strict('resources', { gpus: positive() });
+
+const record = (what: string) => z.record(z.string(), z.unknown(), says(`an object of ${what}`));
+
+const studySchema = strict('a study', {
+  name: nonEmptyString(),
+  params: record('static params').default(() => ({})),
+  space: record('hyperparameters (name -> constant, schedule or search domain)'),
+  steps: integerFrom(1),
+  evalEvery: integerFrom(1).optional(),
+  tuner: tunerSchema,
+  metric: metricSchema,
+  trainer: trainerSchema,
+  resources: resourcesSchema.default(() => ({ gpus: 1 })),
+  workers: integerFrom(1).default(1),
+});
+
+/** The value found at `path` in `input` (undefined where there is none). */
+function valueAtPath(input: unknown, path: Path): unknown {
+  let at: unknown = input;
+  for (const part of path) {
+    if (Array.isArray(at) && typeof part === 'number') at = at[part];
+    else if (isRecord(at) && typeof part === 'string' && Object.hasOwn(at, part)) at = at[part];
+    else return undefined;
+  }
+  return at;
+}
+
+/** One `ValidationError` for a failed parse: the first unknown field, else the first issue. */
+function fromZod(error: z.ZodError, input: unknown): ValidationError {
+  const issue =
+    error.issues.find((i) => i.code === 'unrecognized_keys') ??
+    (error.issues[0] as z.core.$ZodIssue);
+  const path: (string | number)[] = issue.path.filter(
+    (p): p is string | number => typeof p !== 'symbol',
+  );
+  if (issue.code === 'unrecognized_keys' && issue.keys[0] !== undefined) path.push(issue.keys[0]);
+  const received = valueAtPath(input, path);
+  const required = received === undefined && issue.code !== 'unrecognized_keys' && path.length > 0;
+  return new ValidationError(
+    path,
+    required ? `${issue.message} (field is required)` : issue.message,
+    received,
+  );
+}
+
+/** Finds the value whose formatted path is `target` (a path a `ValidationError` names). */
+function findByPath(value: unknown, path: Path, target: string): unknown {
+  const here = formatPath(path);
+  if (here === target) return value;
+  if (!target.startsWith(here)) return undefined;
+  if (Array.isArray(value)) {
+    for (let i = 0; i < value.length; i++) {
+      const found = findByPath(value[i], [...path, i], target);
+      if (found !== undefined) return found;
+    }
+  } else if (isRecord(value)) {
+    for (const key of Object.keys(value)) {
+      const found = findByPath(value[key], [...path, key], target);
+      if (found !== undefined) return found;
+    }
+  }
+  return undefined;
+}
+
+const isDomainKind = (k: string): boolean => (DOMAIN_KINDS as readonly string[]).includes(k);
+
+const SPACE_VALUE =
+  'a number, a string, a schedule object with a "kind" or a search domain ' +
+  `(an object with one key: ${DOMAIN_KINDS.join(', ')})`;
+
+/**
+ * Checks what can be checked of one hyperparameter before any configuration exists:
+ * a schedule without domains is parsed as it is; each option of a choice standing for a
+ * whole schedule is checked on its own; a schedule with domains inside is parsed with
+ * every domain at its first value (first option, lower bound): a configuration both
+ * tuners can produce, so an error there is an error in the study.
+ */
+function checkScheduleSlot(node: TemplateNode, path: Path): void {
+  switch (node.t) {
+    case 'lit': {
+      const v = node.value;
+      if (typeof v !== 'number' && typeof v !== 'string' && !isRecord(v)) {
+        throw new ValidationError(path, SPACE_VALUE, v);
+      }
+      if (isRecord(v) && !('kind' in v) && Object.keys(v).some((k) => isDomainKind(k))) {
+        throw new ValidationError(
+          path,
+          `a search domain (an object with exactly one key: ${DOMAIN_KINDS.join(', ')}) ` +
+            'or a schedule object with a "kind"',
+          v,
+        );
+      }
+      parseSchedule(v, path);
+      return;
+    }
+    case 'choice':
+      node.options.forEach((option, i) => {
+        checkScheduleSlot(option, [...node.path, 'choice', i]);
+      });
+      return;
+    case 'int':
+    case 'uniform':
+    case 'loguniform':
+      return; // a number: a constant schedule
+    case 'arr':
+      throw new ValidationError(path, SPACE_VALUE, templateValue(node));
+    case 'obj': {
+      const first = firstValue(node);
+      try {
+        parseSchedule(first, path);
+      } catch (e) {
+        if (!(e instanceof ValidationError)) throw e;
+        throw new ValidationError(
+          e.path,
+          `${e.expected}, with every search domain at its first value`,
+          findByPath(first, path, e.path),
+        );
+      }
+    }
+  }
+}
+
+function toTuner(t: z.output<typeof tunerSchema>): TunerSpec {
+  switch (t.kind) {
+    case 'grid':
+      return { kind: 'grid' };
+    case 'random':
+      return { kind: 'random', trials: t.trials, seed: t.seed };
+  }
+}
+
+function toTrainer(t: z.output<typeof trainerSchema>): TrainerSpec {
+  return {
+    kind: t.kind,
+    stepSeconds: t.stepSeconds,
+    startSeconds: t.startSeconds,
+    saveSeconds: t.saveSeconds,
+    loadSeconds: t.loadSeconds,
+  };
+}
+
+/**
+ * Validates a study (usually `JSON.parse` of a study file) and applies defaults. Throws a
+ * `ValidationError` naming the first bad field: unknown fields, wrong types, bad search
+ * domains, schedules that cannot be valid, and (grid tuner) continuous domains or a grid
+ * larger than `MAX_GRID_CONFIGS`.
+ */
+export function parseStudy(json: unknown): Study {
+  const parsed = studySchema.safeParse(json);
+  if (!parsed.success) throw fromZod(parsed.error, json);
+  const s = parsed.data;
+  if (s.evalEvery !== undefined && s.evalEvery > s.steps) {
+    throw new ValidationError('evalEvery', `an integer from 1 to steps (${s.steps})`, s.evalEvery);
+  }
+  if (Object.hasOwn(s.space, '')) {
+    throw new ValidationError('space', 'non-empty hyperparameter names', s.space);
+  }
+  // Validates JSON values and domain shapes everywhere, copying the literal parts. It reads
+  // params and space from the input: zod's copies of records drop a "__proto__" key.
+  const input = json as { params?: Record<string, unknown>; space: Record<string, unknown> };
+  const compiled = compileStudy({ params: input.params ?? {}, space: input.space });
+  compiled.space.forEach((node, i) => {
+    checkScheduleSlot(node, ['space', compiled.hps[i] as string]);
+  });
+  if (s.tuner.kind === 'grid') {
+    checkedGridSize(compiled);
+  }
+  return {
+    name: s.name,
+    params: templateValue(compiled.params) as Study['params'],
+    space: Object.fromEntries(
+      compiled.hps.map((hp, i) => [hp, templateValue(compiled.space[i] as TemplateNode)]),
+    ),
+    steps: s.steps,
+    evalEvery: s.evalEvery ?? s.steps,
+    tuner: toTuner(s.tuner),
+    metric: { name: s.metric.name, mode: s.metric.mode },
+    trainer: toTrainer(s.trainer),
+    resources: { gpus: s.resources.gpus },
+    workers: s.workers,
+  };
+}

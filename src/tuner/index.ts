@@ -1,0 +1,1 @@
+export { reportSteps, toTrialInput, trialId, upfrontTrials } from './upfront.js';

@@ -1,0 +1,74 @@
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { main } from '../../src/cli/main.js';
+
+async function run(...argv: string[]): Promise<{ code: number; out: string; err: string }> {
+  let out = '';
+  let err = '';
+  const code = await main(argv, { out: (s) => (out += s + '\n'), err: (s) => (err += s + '\n') });
+  return { code, out, err };
+}
+
+const dir = mkdtempSync(join(tmpdir(), 'stagetree-cli-'));
+function file(name: string, text: string): string {
+  const p = join(dir, name);
+  writeFileSync(p, text);
+  return p;
+}
+
+describe('stagetree plan', () => {
+  it('prints the summary as one JSON object', async () => {
+    const r = await run('plan', 'examples/resnet20-multistep-grid.json', '--json');
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.out)).toEqual({
+      trials: 27,
+      trialSteps: 4860,
+      treeSteps: 2100,
+      stages: 105,
+      idealSavings: 2.3143,
+    });
+  });
+
+  it('prints a readable summary and the tree', async () => {
+    const r = await run('plan', 'examples/batchsize-switch-step-decay.json', '--depth', '1');
+    expect(r.code).toBe(0);
+    expect(r.out).toContain('36 trials (grid)');
+    expect(r.out).toContain('[0, 30) batchSize=128 lr=0.1');
+  });
+
+  it('names the file and the field of a bad study, without a stack trace', async () => {
+    const p = file(
+      'bad.json',
+      JSON.stringify({
+        name: 'x',
+        space: { lr: { kind: 'cosine', max: 0.1, min: 0, period: 0 } },
+        steps: 10,
+        tuner: { kind: 'grid' },
+        metric: { name: 'loss', mode: 'min' },
+        trainer: { kind: 'sim', stepSeconds: 1 },
+      }),
+    );
+    const r = await run('plan', p);
+    expect(r.code).toBe(1);
+    expect(r.err).toBe(
+      `error STAGETREE_VALIDATION: ${p}: space.lr.period: expected an integer >= 1, got 0 (number)\n`,
+    );
+  });
+
+  it('reports unreadable and malformed files', async () => {
+    expect((await run('plan', join(dir, 'missing.json'))).err).toMatch(
+      /missing\.json: cannot read the study file \(ENOENT\)/,
+    );
+    expect((await run('plan', file('broken.json', '{ "name": '))).err).toMatch(
+      /broken\.json: not valid JSON/,
+    );
+  });
+
+  it('rejects a bad command line with exit code 2', async () => {
+    expect((await run('plan')).code).toBe(2);
+    expect((await run('plan', 'x.json', '--depth', 'zero')).code).toBe(2);
+    expect((await run('frobnicate')).code).toBe(2);
+  });
+});
