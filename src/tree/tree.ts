@@ -31,7 +31,7 @@ export function emptyTree(): StageTree {
     stages: emptyShards<Stage>(),
     trials: emptyShards<TrialRecord>(),
     ready: emptyShards<true>(),
-    counts: Object.freeze({ stages: 0, trials: 0 }),
+    counts: Object.freeze({ stages: 0, trials: 0, splits: 0 }),
   });
 }
 
@@ -62,6 +62,19 @@ type Schedules = Pick<TrialRecord, 'schedules' | 'hps' | 'mergeKey'>;
 function stageIdOf(t: Schedules, start: number, end: number): StageId {
   const keys = t.hps.map((h) => memoPrefixKey(t.schedules[h] as Canonical, end));
   return 'S' + hashText(JSON.stringify([t.mergeKey, start, end, keys]));
+}
+
+/**
+ * The identity of the state at the end of a stage: the same path to the same step gives
+ * the same key, whatever stages it is cut into (a stage's id changes when it is split;
+ * the state at its end does not). Checkpoints are stored under it.
+ */
+export function stateKey(tree: StageTree, id: StageId): string {
+  const s = getStage(tree, id);
+  if (s.parent === null) return 'K' + id;
+  const rep = getTrial(tree, s.rep);
+  const keys = rep.hps.map((h) => memoPrefixKey(rep.schedules[h] as Canonical, s.end));
+  return 'K' + hashText(JSON.stringify([s.mergeKey, s.end, keys]));
 }
 
 function rootIdOf(mergeKey: string): StageId {
@@ -123,6 +136,7 @@ class Editor {
   private roots: StageTree['roots'];
   private stageCount: number;
   private trialCount: number;
+  private splitCount: number;
 
   constructor(base: StageTree) {
     this.stages = base.stages;
@@ -131,6 +145,7 @@ class Editor {
     this.roots = base.roots;
     this.stageCount = base.counts.stages;
     this.trialCount = base.counts.trials;
+    this.splitCount = base.counts.splits;
   }
 
   result(): StageTree {
@@ -139,7 +154,7 @@ class Editor {
       stages: this.stages,
       trials: this.trials,
       ready: this.ready,
-      counts: Object.freeze({ stages: this.stageCount, trials: this.trialCount }),
+      counts: Object.freeze({ stages: this.stageCount, trials: this.trialCount, splits: this.splitCount }),
     });
   }
 
@@ -239,6 +254,7 @@ class Editor {
     }
     this.addChild(parentId, valuesKey(rep, old.start), topId);
     this.stageCount++;
+    this.splitCount++;
     this.refresh(topId);
     this.refresh(bottomId);
     return topId;
@@ -424,11 +440,11 @@ class Editor {
     return this.insert(inputTrial, { trial: source.id, at }, at);
   }
 
-  markDone(id: StageId): void {
+  markDone(id: StageId, force: boolean): void {
     const s = this.stage(id);
     if (s.parent === null) throw new ConflictError(`stage ${id} is a root; roots are always done`);
     if (s.done) throw new ConflictError(`stage ${id} is already done`);
-    if (!this.stage(s.parent).done) {
+    if (!force && !this.stage(s.parent).done) {
       throw new ConflictError(`stage ${id} cannot be done before its parent ${s.parent}`);
     }
     this.updateStage(id, { done: true });
@@ -475,9 +491,13 @@ export function forkTrial(tree: StageTree, fork: ForkInput): StageTree {
   return edit(tree, (e) => e.fork(fork));
 }
 
-/** Records that a stage has been trained (its parent must be done). */
-export function markDone(tree: StageTree, id: StageId): StageTree {
-  return edit(tree, (e) => e.markDone(id));
+/**
+ * Records that a stage has been trained. Its parent must be done, unless `force`: a
+ * worker trained a stage that a new trial split while it ran, so the lower piece is
+ * trained while the upper piece's end state was never kept.
+ */
+export function markDone(tree: StageTree, id: StageId, options: { force?: boolean } = {}): StageTree {
+  return edit(tree, (e) => e.markDone(id, options.force ?? false));
 }
 
 // ---------------------------------------------------------------- queries
@@ -492,6 +512,10 @@ export function getTrial(tree: StageTree, id: TrialId): TrialRecord {
   const t = shardGet(tree.trials, id);
   if (!t) throw new NotFoundError('trial', id);
   return t;
+}
+
+export function hasStage(tree: StageTree, id: StageId): boolean {
+  return shardGet(tree.stages, id) !== undefined;
 }
 
 export function hasTrial(tree: StageTree, id: TrialId): boolean {

@@ -82,5 +82,6 @@ export interface StageTree {
   readonly trials: Shards<TrialRecord>;
   /** Ids of ready stages: demanded, not done, parent done. */
   readonly ready: Shards<true>;
-  readonly counts: { readonly stages: number; readonly trials: number };
+  /** `splits` counts stage splits ever made: a change tells holders of stage ids to re-resolve. */
+  readonly counts: { readonly stages: number; readonly trials: number; readonly splits: number };
 }

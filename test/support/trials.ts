@@ -63,7 +63,12 @@ export function snapshot(tree: StageTree): unknown {
   const trials = [...allTrials(tree)]
     .map((t) => ({ id: t.id, leaf: t.leaf, until: t.until, status: t.status }))
     .sort((a, b) => (a.id < b.id ? -1 : 1));
-  return { roots: Object.values(tree.roots).sort(), stages, trials, counts: tree.counts };
+  return {
+    roots: Object.values(tree.roots).sort(),
+    stages,
+    trials,
+    counts: { stages: tree.counts.stages, trials: tree.counts.trials },
+  };
 }
 
 /**

@@ -1,0 +1,594 @@
+import { ConflictError } from '../errors.js';
+import { place, orderReady } from '../scheduler/index.js';
+import type { GpuView, WorkerView } from '../scheduler/index.js';
+import type { Canonical } from '../schedule/index.js';
+import { createRng } from '../study/index.js';
+import type { Study } from '../study/index.js';
+import {
+  childrenOf,
+  emptyTree,
+  extendTrial,
+  forkTrial,
+  getStage,
+  getTrial,
+  hasStage,
+  hasTrial,
+  insertTrial,
+  isDemanded,
+  markDone,
+  pathOf,
+  readyStages,
+  reportsAt,
+  stageValues,
+  stateKey,
+  stopTrial,
+} from '../tree/index.js';
+import type { Stage, StageId, StageTree, TrialId } from '../tree/index.js';
+import type { Tuner, TunerContext, TrialSpec } from '../tuner/types.js';
+import { ExecutionMode } from './types.js';
+import type {
+  CheckpointKey,
+  CostModel,
+  LogEntry,
+  Restore,
+  StageRun,
+  Task,
+  TaskId,
+  TaskResult,
+  WorkerId,
+} from './types.js';
+
+/** The static param that gives each trial its own merge key in trial-based mode. */
+export const LINEAGE_PARAM = '__trial';
+
+export interface EngineOptions {
+  readonly mode: ExecutionMode;
+  /** GPUs in the cluster. */
+  readonly gpus: number;
+  /** The most worker processes alive at once. */
+  readonly maxWorkers: number;
+  /** GPU share a stage occupies, from its hyperparameter values at its first step. */
+  readonly share: (values: Readonly<Record<string, unknown>>) => number;
+  /** Estimated step cost, for critical-path priority. */
+  readonly cost: CostModel;
+}
+
+/** What the engine asks of the worker pool after an event. */
+export interface Commands {
+  readonly start: readonly Task[];
+  readonly cancel: readonly TaskId[];
+}
+
+export interface EngineStats {
+  /** Tasks started (each trains one demanded stage, plus any re-computed ancestors). */
+  stagesRun: number;
+  /** Done stages trained again because their end state was lost. */
+  stagesRecomputed: number;
+  checkpointsSaved: number;
+  checkpointsLoaded: number;
+  processStarts: number;
+  tasksCancelled: number;
+  /** Training steps run, re-computations included. */
+  stepsTrained: number;
+}
+
+interface WorkerState {
+  readonly id: WorkerId;
+  readonly gpu: number;
+  busy: TaskId | null;
+  /** Stage whose end state the process holds in memory. */
+  holds: StageId | null;
+  lineage: string | null;
+}
+
+interface Running {
+  readonly task: Task;
+  readonly startedAt: number;
+  /** The demanded stage the task trains (its last run). */
+  readonly stage: StageId;
+  readonly start: number;
+  readonly end: number;
+  readonly rep: TrialId;
+}
+
+/**
+ * The event loop joining a tuner, the stage tree, the scheduler and a worker pool. It
+ * never reads a clock or does I/O: the pool (simulated or real) tells it what happened
+ * and when (`start`, `complete`), and it answers with commands. Every decision is
+ * appended to `log`.
+ *
+ * Checkpoint policy (minimal): a worker keeps the state it ends with in memory. It saves
+ * that state only when it is about to move on (run anything else, or continue into one
+ * child) while the state is still needed: another demanded child has not started yet,
+ * or a trial pauses there and may be extended. In trial-based mode a trial's state is
+ * saved when it pauses, as today's systems do.
+ */
+export class Engine {
+  private tree: StageTree = emptyTree();
+  readonly log: LogEntry[] = [];
+  readonly stats: EngineStats = {
+    stagesRun: 0,
+    stagesRecomputed: 0,
+    checkpointsSaved: 0,
+    checkpointsLoaded: 0,
+    processStarts: 0,
+    tasksCancelled: 0,
+    stepsTrained: 0,
+  };
+  private now = 0;
+  private nextTrial = 1;
+  private nextTask = 1;
+  private nextWorker = 1;
+  private readonly workers = new Map<WorkerId, WorkerState>();
+  private readonly gpuUsed: number[];
+  private readonly running = new Map<TaskId, Running>();
+  private readonly runningStages = new Map<StageId, TaskId>();
+  /** Keys of saved states (see `stateKey`). */
+  private readonly checkpoints = new Set<CheckpointKey>();
+  private readonly keys = new Map<StageId, CheckpointKey>();
+  private readonly paused = new Set<TrialId>();
+  /** Running tasks whose stage was split by a trial added while they ran. */
+  private readonly stale = new Set<Running>();
+  private readonly stateOf = new Map<StageId, { rep: TrialId; end: number }>();
+  private seenSplits = 0;
+  private active = 0;
+  private finished = false;
+  private startedTasks: Task[] = [];
+  private cancelledTasks: TaskId[] = [];
+  private readonly ctx: TunerContext;
+
+  constructor(
+    readonly study: Study,
+    private readonly tuner: Tuner,
+    private readonly options: EngineOptions,
+  ) {
+    this.gpuUsed = Array.from({ length: options.gpus }, () => 0);
+    this.ctx = this.makeContext();
+  }
+
+  /** The current stage tree (immutable). */
+  get stageTree(): StageTree {
+    return this.tree;
+  }
+
+  /** True when the study is over and nothing runs. */
+  get done(): boolean {
+    return this.finished && this.running.size === 0;
+  }
+
+  /** Starts the study at time `now`: the tuner proposes, the scheduler places. */
+  start(now: number): Commands {
+    this.now = now;
+    this.tuner.start(this.ctx);
+    return this.flush();
+  }
+
+  /** Something changed outside a callback (a trial proposed through the API): schedule at `now`. */
+  poke(now: number): Commands {
+    this.now = now;
+    return this.flush();
+  }
+
+  /** A read-only view of what runs where, for tests and status displays. */
+  inspect(): {
+    readonly running: readonly { readonly task: Task; readonly stage: StageId }[];
+    readonly gpuUsed: readonly number[];
+    readonly workers: readonly { readonly id: WorkerId; readonly busy: boolean; readonly holds: StageId | null }[];
+    readonly checkpoints: readonly CheckpointKey[];
+  } {
+    return {
+      running: [...this.running.values()].map((r) => ({ task: r.task, stage: this.currentStage(r) })),
+      gpuUsed: [...this.gpuUsed],
+      workers: [...this.workers.values()].map((w) => ({ id: w.id, busy: w.busy !== null, holds: w.holds })),
+      checkpoints: [...this.checkpoints],
+    };
+  }
+
+  /** The tuner context the engine gives its tuner (for callers that drive a study from outside). */
+  get context(): TunerContext {
+    return this.ctx;
+  }
+
+  /** A task finished at `now` with `result`. */
+  complete(now: number, taskId: TaskId, result: TaskResult): Commands {
+    this.now = now;
+    const r = this.running.get(taskId);
+    if (!r) throw new ConflictError(`task ${taskId} is not running (finished or cancelled already)`);
+    this.release(r);
+    const worker = this.workers.get(r.task.worker) as WorkerState;
+    this.log.push({ t: now, kind: 'done', task: taskId, metric: result.metric });
+    const done = this.markTrained(r);
+    this.noteState(done);
+    worker.holds = done;
+    if (r.task.saveAfter !== null) this.checkpoints.add(r.task.saveAfter);
+    this.deliver(done, result.metric);
+    return this.flush();
+  }
+
+  // ------------------------------------------------------------------ tuner context
+
+  private makeContext(): TunerContext {
+    const engine = this;
+    const tunerSeed = 'seed' in this.study.tuner ? this.study.tuner.seed : 0;
+    return {
+      study: this.study,
+      rng: createRng(tunerSeed),
+      propose: (spec) => engine.propose(spec),
+      extend: (trial, until, reports) => {
+        engine.extend(trial, until, reports ?? []);
+      },
+      stop: (trial) => {
+        engine.stop(trial);
+      },
+      fork: (source, at, schedules, until, reports) => engine.fork(source, at, schedules, until, reports ?? []),
+      finish: () => {
+        engine.finish();
+      },
+      running: () => engine.active - engine.paused.size,
+    };
+  }
+
+  private propose(spec: TrialSpec): TrialId {
+    const id = `t${this.nextTrial++}`;
+    if (this.finished) return id;
+    const params =
+      this.options.mode === ExecutionMode.trialBased ? { ...spec.params, [LINEAGE_PARAM]: id } : spec.params;
+    this.tree = insertTrial(this.tree, {
+      id,
+      params,
+      schedules: spec.schedules,
+      until: spec.until,
+      reports: spec.reports ?? [],
+    });
+    this.active++;
+    this.noteSplits();
+    this.log.push({ t: this.now, kind: 'propose', trial: id, spec });
+    return id;
+  }
+
+  private fork(
+    source: TrialId,
+    at: number,
+    schedules: Readonly<Record<string, Canonical>>,
+    until: number,
+    reports: readonly number[],
+  ): TrialId {
+    const id = `t${this.nextTrial++}`;
+    if (this.finished) return id;
+    this.tree = forkTrial(this.tree, { id, source, at, schedules, until, reports });
+    this.active++;
+    this.noteSplits();
+    this.log.push({ t: this.now, kind: 'fork', trial: id, source, at, schedules, until, reports });
+    return id;
+  }
+
+  private extend(trial: TrialId, until: number, reports: readonly number[]): void {
+    if (this.finished) return;
+    this.tree = extendTrial(this.tree, trial, until, reports);
+    this.paused.delete(trial);
+    this.noteSplits();
+    this.log.push({ t: this.now, kind: 'extend', trial, until, reports });
+  }
+
+  private stop(trial: TrialId): void {
+    if (!hasTrial(this.tree, trial) || getTrial(this.tree, trial).status === 'stopped') return;
+    this.tree = stopTrial(this.tree, trial);
+    this.active--;
+    this.paused.delete(trial);
+    this.log.push({ t: this.now, kind: 'stop', trial });
+    this.cancelUndemanded();
+  }
+
+  private finish(): void {
+    if (this.finished) return;
+    const active: TrialId[] = [];
+    for (let i = 1; i < this.nextTrial; i++) {
+      const id = `t${i}`;
+      if (hasTrial(this.tree, id) && getTrial(this.tree, id).status === 'active') active.push(id);
+    }
+    for (const id of active) this.stop(id);
+    this.finished = true;
+    this.log.push({ t: this.now, kind: 'finish' });
+  }
+
+  // ------------------------------------------------------------------ scheduling
+
+  private flush(): Commands {
+    this.schedule();
+    const out = { start: this.startedTasks, cancel: this.cancelledTasks };
+    this.startedTasks = [];
+    this.cancelledTasks = [];
+    return out;
+  }
+
+  /** Places ready stages; when nothing runs or is ready, asks the tuner, else ends. */
+  private schedule(): void {
+    for (let idle = 0; ; ) {
+      if (this.finished) return;
+      const placed = this.placeReady();
+      if (this.running.size > 0) return;
+      if (placed === 'stuck') {
+        throw new ConflictError(
+          'a ready stage fits on no GPU (its GPU share is larger than one GPU?); check resources.gpus',
+        );
+      }
+      const before = this.log.length;
+      this.tuner.onIdle(this.ctx);
+      if (this.log.length === before || ++idle > 10_000) {
+        this.finish();
+        return;
+      }
+    }
+  }
+
+  private stepCost(s: Stage): number {
+    return (s.end - s.start) * this.options.cost.stepSeconds(stageValues(this.tree, s.id));
+  }
+
+  /** Places what it can; 'stuck' when ready stages exist but none could be placed on an idle cluster. */
+  private placeReady(): 'ok' | 'stuck' {
+    const ready = readyStages(this.tree).filter((s) => !this.isRunning(s));
+    if (ready.length === 0) return 'ok';
+    const ordered = orderReady(this.tree, ready, (s) => this.stepCost(s));
+    let placedAny = false;
+    for (const s of ordered) {
+      if (!this.hasRoom()) break;
+      if (this.launch(s)) placedAny = true;
+    }
+    return placedAny || this.running.size > 0 ? 'ok' : 'stuck';
+  }
+
+  private hasRoom(): boolean {
+    if (this.workers.size < this.options.maxWorkers) return true;
+    for (const w of this.workers.values()) if (w.busy === null) return true;
+    return false;
+  }
+
+  private isRunning(s: Stage): boolean {
+    if (this.runningStages.has(s.id)) return true;
+    // A running stage that a new trial split: its task still covers the pieces.
+    for (const r of this.stale) {
+      if (r.start <= s.start && s.end <= r.end && pathOf(this.tree, r.rep).some((p) => p.id === s.id)) {
+        return true;
+      }
+    }
+    return false;
+  }
+
+  /** Remembers which path and step a kept state belongs to, to find it again after splits. */
+  private noteState(id: StageId): void {
+    if (!this.stateOf.has(id)) {
+      const s = getStage(this.tree, id);
+      this.stateOf.set(id, { rep: s.rep, end: s.end });
+    }
+  }
+
+  /** The stage whose end is the kept state `id` (the lower piece, if `id` was split). */
+  private resolve(id: StageId): StageId {
+    if (this.stageExists(id)) return id;
+    const info = this.stateOf.get(id);
+    if (!info) throw new Error(`internal: no record of state ${id}`);
+    const found = pathOf(this.tree, info.rep).find((p) => p.end === info.end);
+    if (!found) throw new Error(`internal: state ${id} lost its stage`);
+    this.stateOf.set(found.id, info);
+    return found.id;
+  }
+
+  /**
+   * After the tree grew: if stages were split, re-resolve the states workers hold (the
+   * state at the same step of the same path), and note running tasks whose stage was
+   * split. Checkpoints are keyed by state, not stage, and need nothing.
+   */
+  private noteSplits(): void {
+    if (this.tree.counts.splits === this.seenSplits) return;
+    this.seenSplits = this.tree.counts.splits;
+    for (const w of this.workers.values()) if (w.holds !== null) w.holds = this.resolve(w.holds);
+    for (const r of this.running.values()) {
+      if (!this.stale.has(r) && !this.stageExists(r.stage)) this.stale.add(r);
+    }
+  }
+
+  private stageExists(id: StageId): boolean {
+    return hasStage(this.tree, id);
+  }
+
+  /** Whether the end state of `id` is still needed by someone other than child `except`. */
+  private stateNeeded(id: StageId, except: StageId | null): boolean {
+    const s = getStage(this.tree, id);
+    if (s.parent === null) return false;
+    for (const c of childrenOf(this.tree, id)) {
+      if (c.id !== except && c.refs > 0 && !c.done && !this.runningStages.has(c.id)) return true;
+    }
+    for (const t of s.ends) {
+      const trial = getTrial(this.tree, t);
+      if (trial.status === 'active' && trial.until < this.study.steps) return true;
+    }
+    return false;
+  }
+
+  private keyOf(id: StageId): CheckpointKey {
+    let k = this.keys.get(id);
+    if (k === undefined) {
+      k = stateKey(this.tree, id);
+      this.keys.set(id, k);
+    }
+    return k;
+  }
+
+  private saved(id: StageId): boolean {
+    return this.checkpoints.has(this.keyOf(id));
+  }
+
+  private workerViews(): WorkerView[] {
+    return [...this.workers.values()].map((w) => ({
+      id: w.id,
+      gpu: w.gpu,
+      busy: w.busy !== null,
+      holds: w.holds,
+      holdsNeeded: w.holds !== null && !this.saved(w.holds) && this.stateNeeded(w.holds, null),
+      lineage: w.lineage,
+    }));
+  }
+
+  private gpuViews(): GpuView[] {
+    return this.gpuUsed.map((used, index) => ({ index, used }));
+  }
+
+  private lineageOf(s: Stage): string | null {
+    return this.options.mode === ExecutionMode.trialBased ? s.rep : null;
+  }
+
+  private launch(s: Stage): boolean {
+    const values = stageValues(this.tree, s.id);
+    const share = this.options.share(values);
+    const lineage = this.lineageOf(s);
+    const parent = s.parent as StageId;
+    const placement = place({ parent, share, lineage }, this.workerViews(), this.gpuViews(), {
+      maxWorkers: this.options.maxWorkers,
+    });
+    if (!placement) return false;
+
+    let worker: WorkerState;
+    let startProcess = false;
+    if (placement.kind === 'cold') {
+      if (placement.replace !== null) this.workers.delete(placement.replace);
+      worker = { id: `w${this.nextWorker++}`, gpu: placement.gpu, busy: null, holds: null, lineage };
+      this.workers.set(worker.id, worker);
+      startProcess = true;
+      this.stats.processStarts++;
+    } else {
+      worker = this.workers.get(placement.worker) as WorkerState;
+    }
+
+    // Save what the worker holds if it is about to be lost and someone still needs it.
+    let saveFirst: CheckpointKey | null = null;
+    const held = worker.holds;
+    if (held !== null && !this.saved(held) && this.stateNeeded(held, held === parent ? s.id : null)) {
+      saveFirst = this.keyOf(held);
+      this.checkpoints.add(saveFirst);
+      this.stats.checkpointsSaved++;
+    }
+
+    // Where the starting state comes from; re-compute lost ancestors if need be.
+    const chain: Stage[] = [s];
+    let restore: Restore;
+    for (;;) {
+      const from = (chain[0] as Stage).parent as StageId;
+      const p = getStage(this.tree, from);
+      if (p.parent === null) {
+        restore = { from: 'init' };
+        break;
+      }
+      if (held === from) {
+        restore = { from: 'memory' };
+        break;
+      }
+      if (this.saved(from)) {
+        restore = { from: 'checkpoint', stage: from, key: this.keyOf(from) };
+        this.stats.checkpointsLoaded++;
+        break;
+      }
+      chain.unshift(p);
+    }
+
+    const trialBasedPause =
+      this.options.mode === ExecutionMode.trialBased &&
+      s.ends.some((t) => {
+        const trial = getTrial(this.tree, t);
+        return trial.until === s.end && trial.until < this.study.steps;
+      });
+    const saveAfter = trialBasedPause ? this.keyOf(s.id) : null;
+    if (saveAfter !== null) this.stats.checkpointsSaved++;
+
+    const runs: StageRun[] = chain.map((c) => this.stageRun(c));
+    const task: Task = {
+      id: this.nextTask++,
+      worker: worker.id,
+      gpu: worker.gpu,
+      startProcess,
+      saveFirst,
+      restore,
+      runs,
+      saveAfter,
+      share,
+    };
+    worker.busy = task.id;
+    worker.holds = null;
+    worker.lineage = lineage;
+    this.gpuUsed[worker.gpu] = (this.gpuUsed[worker.gpu] ?? 0) + share;
+    this.running.set(task.id, { task, startedAt: this.now, stage: s.id, start: s.start, end: s.end, rep: s.rep });
+    this.runningStages.set(s.id, task.id);
+    this.stats.stagesRun++;
+    this.stats.stagesRecomputed += chain.length - 1;
+    for (const c of chain) this.stats.stepsTrained += c.end - c.start;
+    this.log.push({ t: this.now, kind: 'task', task });
+    this.startedTasks.push(task);
+    return true;
+  }
+
+  private stageRun(s: Stage): StageRun {
+    const rep = getTrial(this.tree, s.rep);
+    const params: Record<string, unknown> = { ...rep.params };
+    delete params[LINEAGE_PARAM];
+    return { stage: s.id, start: s.start, end: s.end, params, schedules: rep.schedules };
+  }
+
+  private release(r: Running): void {
+    this.running.delete(r.task.id);
+    this.stale.delete(r);
+    if (this.runningStages.get(r.stage) === r.task.id) this.runningStages.delete(r.stage);
+    const worker = this.workers.get(r.task.worker);
+    if (worker) worker.busy = null;
+    this.gpuUsed[r.task.gpu] = Math.max(0, (this.gpuUsed[r.task.gpu] ?? 0) - r.task.share);
+  }
+
+  /** The stage a running task ends with now (its lower piece if a new trial split it). */
+  private currentStage(r: Running): StageId {
+    if (this.stageExists(r.stage)) return r.stage;
+    const pieces = pathOf(this.tree, r.rep).filter((p) => p.start >= r.start && p.end <= r.end);
+    return (pieces[pieces.length - 1] as Stage).id;
+  }
+
+  /** Marks the task's stage done; returns the stage whose end state the worker now holds. */
+  private markTrained(r: Running): StageId {
+    if (this.stageExists(r.stage)) {
+      const s = getStage(this.tree, r.stage);
+      if (!s.done) this.tree = markDone(this.tree, r.stage);
+      return r.stage;
+    }
+    // A new trial split the stage while it ran. Its last piece is trained; the earlier
+    // pieces' end states were passed through, not kept, so they stay to be re-run if a
+    // branch needs them.
+    const last = this.currentStage(r);
+    if (!getStage(this.tree, last).done) this.tree = markDone(this.tree, last, { force: true });
+    return last;
+  }
+
+  private deliver(stage: StageId, metric: number): void {
+    const end = getStage(this.tree, stage).end;
+    for (const t of reportsAt(this.tree, stage)) {
+      if (this.finished) return;
+      const trial = getTrial(this.tree, t);
+      if (trial.status !== 'active') continue;
+      const paused = trial.until === end;
+      if (paused) this.paused.add(t);
+      this.log.push({ t: this.now, kind: 'metric', trial: t, step: end, value: metric });
+      this.tuner.onMetric(this.ctx, { trial: t, step: end, value: metric, paused });
+    }
+  }
+
+  private cancelUndemanded(): void {
+    for (const r of [...this.running.values()]) {
+      // A task is worth finishing only if its last stage is demanded (upper pieces of a
+      // split stage are scheduled on their own if they are).
+      const demanded = isDemanded(this.tree, this.currentStage(r));
+      if (demanded) continue;
+      this.release(r);
+      const worker = this.workers.get(r.task.worker);
+      if (worker) worker.holds = null;
+      this.stats.tasksCancelled++;
+      this.log.push({ t: this.now, kind: 'cancel', task: r.task.id });
+      this.cancelledTasks.push(r.task.id);
+    }
+  }
+}

@@ -1,0 +1,67 @@
+import type { Study } from '../study/index.js';
+import type { Tuner } from '../tuner/types.js';
+import { Engine } from './engine.js';
+import type { EngineOptions } from './engine.js';
+import type { LogEntry, TaskId } from './types.js';
+
+/**
+ * Replays a study from its event log: a fresh engine and tuner are given the same
+ * inputs (each task's completion time and metric, in logged order) and must make the
+ * same decisions. Returns the replayed engine; `sameLog` says whether every decision
+ * matched. Since the engine and tuners are pure, a log is a complete record of a study.
+ */
+export function replay(
+  study: Study,
+  log: readonly LogEntry[],
+  tuner: Tuner,
+  options: EngineOptions,
+): { engine: Engine; sameLog: boolean; firstDifference: number | null } {
+  const engine = new Engine(study, tuner, options);
+  const start = log[0]?.t ?? 0;
+  engine.start(start);
+  for (const e of log) {
+    if (e.kind === 'done') engine.complete(e.t, e.task, { metric: e.metric });
+  }
+  const a = log.map((e) => JSON.stringify(e));
+  const b = engine.log.map((e) => JSON.stringify(e));
+  let firstDifference: number | null = null;
+  for (let i = 0; i < Math.max(a.length, b.length); i++) {
+    if (a[i] !== b[i]) {
+      firstDifference = i;
+      break;
+    }
+  }
+  return { engine, sameLog: firstDifference === null, firstDifference };
+}
+
+export interface LogAccount {
+  /** Every task's time times its GPU share; a cancelled task counts until its cancel. */
+  readonly gpuSeconds: number;
+  /** Time of the last event. */
+  readonly makespanSeconds: number;
+  readonly tasks: number;
+  readonly cancelled: number;
+}
+
+/** The GPU-time account of a study, computed from its event log alone. */
+export function accountLog(log: readonly LogEntry[]): LogAccount {
+  const open = new Map<TaskId, { t: number; share: number }>();
+  let gpuSeconds = 0;
+  let end = 0;
+  let tasks = 0;
+  let cancelled = 0;
+  for (const e of log) {
+    end = Math.max(end, e.t);
+    if (e.kind === 'task') {
+      open.set(e.task.id, { t: e.t, share: e.task.share });
+      tasks++;
+    } else if (e.kind === 'done' || e.kind === 'cancel') {
+      const o = open.get(e.task);
+      if (!o) continue;
+      open.delete(e.task);
+      gpuSeconds += (e.t - o.t) * o.share;
+      if (e.kind === 'cancel') cancelled++;
+    }
+  }
+  return { gpuSeconds, makespanSeconds: end, tasks, cancelled };
+}

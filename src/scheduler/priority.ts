@@ -1,0 +1,41 @@
+import { getStage, shardValues } from '../tree/index.js';
+import type { Stage, StageId, StageTree } from '../tree/index.js';
+
+/**
+ * Critical-path priority: the seconds of demanded, not yet trained work on the longest
+ * chain starting at a stage (the stage included). Running the stage with the longest
+ * chain first lets the study's makespan approach max(total work / GPUs, longest path).
+ * `cost(stage)` is the estimated seconds of one stage (steps x measured step cost).
+ * `memo` carries results between calls of one scheduling round.
+ */
+export function criticalPath(
+  tree: StageTree,
+  id: StageId,
+  cost: (s: Stage) => number,
+  memo: Map<StageId, number>,
+): number {
+  const known = memo.get(id);
+  if (known !== undefined) return known;
+  const s = getStage(tree, id);
+  let best = 0;
+  for (const c of shardValues(s.children)) {
+    const child = getStage(tree, c);
+    if (child.refs > 0) best = Math.max(best, criticalPath(tree, c, cost, memo));
+  }
+  const own = s.refs > 0 && !s.done ? cost(s) : 0;
+  const total = own + best;
+  memo.set(id, total);
+  return total;
+}
+
+/** Ready stages in the order to place them: longest critical path first, then by id. */
+export function orderReady(
+  tree: StageTree,
+  ready: readonly Stage[],
+  cost: (s: Stage) => number,
+): Stage[] {
+  const memo = new Map<StageId, number>();
+  const keyed = ready.map((s) => ({ s, p: criticalPath(tree, s.id, cost, memo) }));
+  keyed.sort((a, b) => b.p - a.p || (a.s.id < b.s.id ? -1 : a.s.id > b.s.id ? 1 : 0));
+  return keyed.map((k) => k.s);
+}

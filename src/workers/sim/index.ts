@@ -1,0 +1,6 @@
+export { DEFAULT_SHARING, clusterGpus, makespanLowerBound, simCosts, simulate } from './simulate.js';
+export type { SimulationResult } from './simulate.js';
+export { SimPool } from './pool.js';
+export type { SimCosts, SimOutcome } from './pool.js';
+export { simEvaluate, simInit, simTrain } from './trainer.js';
+export type { SimState } from './trainer.js';

@@ -1,0 +1,110 @@
+import { valueAt } from '../../schedule/index.js';
+import type { CheckpointKey, Task, TaskId, TaskResult, WorkerId } from '../../engine/index.js';
+import { simEvaluate, simInit, simTrain } from './trainer.js';
+import type { SimState } from './trainer.js';
+
+/** Costs of the simulated trainer, in seconds. */
+export interface SimCosts {
+  /** One step alone on a GPU, for these hyperparameter values. */
+  stepSeconds(values: Readonly<Record<string, unknown>>): number;
+  readonly startSeconds: number;
+  readonly saveSeconds: number;
+  readonly loadSeconds: number;
+  /**
+   * Total throughput of k stages sharing one GPU, relative to one alone (index k - 1):
+   * each of them runs at curve[k-1] / k of full speed.
+   */
+  readonly sharing: readonly number[];
+}
+
+export interface SimOutcome {
+  readonly duration: number;
+  readonly result: TaskResult;
+}
+
+/**
+ * Simulated workers: each holds a trainer state in memory, the checkpoint store holds
+ * saved states. Executing a task really runs the simulated trainer over the task's
+ * stages, from the state the engine says to restore, and refuses to restore a state it
+ * does not have, so the engine's bookkeeping of memory and checkpoints is checked on
+ * every task. Durations use the costs at the moment the task starts (sharing included).
+ */
+export class SimPool {
+  private readonly memory = new Map<WorkerId, SimState | null>();
+  private readonly store = new Map<CheckpointKey, SimState>();
+  private readonly onGpu = new Map<number, Set<TaskId>>();
+  private readonly pending = new Map<TaskId, { worker: WorkerId; gpu: number; state: SimState; saveAfter: CheckpointKey | null }>();
+
+  constructor(
+    private readonly costs: SimCosts,
+    private readonly mode: 'min' | 'max',
+  ) {}
+
+  execute(task: Task): SimOutcome {
+    let t = 0;
+    let held = task.startProcess ? null : (this.memory.get(task.worker) ?? null);
+    if (task.startProcess) t += this.costs.startSeconds;
+    if (task.saveFirst !== null) {
+      if (!held) throw new Error(`sim pool: worker ${task.worker} holds no state to save for ${task.saveFirst}`);
+      this.store.set(task.saveFirst, held);
+      t += this.costs.saveSeconds;
+    }
+    const first = task.runs[0];
+    if (!first) throw new Error(`sim pool: task ${task.id} has no stages`);
+    let state: SimState;
+    switch (task.restore.from) {
+      case 'memory':
+        if (!held) throw new Error(`sim pool: worker ${task.worker} holds no state for task ${task.id}`);
+        state = held;
+        break;
+      case 'checkpoint': {
+        const saved = this.store.get(task.restore.key);
+        if (!saved) throw new Error(`sim pool: no checkpoint ${task.restore.key} (stage ${task.restore.stage})`);
+        state = saved;
+        t += this.costs.loadSeconds;
+        break;
+      }
+      case 'init':
+        state = simInit(first.params);
+        break;
+    }
+    held = null;
+    const sharing = this.onGpu.get(task.gpu) ?? new Set<TaskId>();
+    sharing.add(task.id);
+    this.onGpu.set(task.gpu, sharing);
+    const k = sharing.size;
+    const throughput = this.costs.sharing[Math.min(k, this.costs.sharing.length) - 1] ?? 1;
+    const slowdown = k / Math.max(throughput, 1e-9);
+    for (const run of task.runs) {
+      const values: Record<string, unknown> = {};
+      for (const [h, c] of Object.entries(run.schedules)) values[h] = valueAt(c, run.start);
+      t += (run.end - run.start) * this.costs.stepSeconds(values) * slowdown;
+      state = simTrain(state, run);
+    }
+    if (task.saveAfter !== null) t += this.costs.saveSeconds;
+    this.memory.set(task.worker, null);
+    this.pending.set(task.id, { worker: task.worker, gpu: task.gpu, state, saveAfter: task.saveAfter });
+    return { duration: t, result: { metric: simEvaluate(state, this.mode) } };
+  }
+
+  /** The task's time is up: the worker now holds its end state. */
+  finish(taskId: TaskId): void {
+    const p = this.take(taskId);
+    this.memory.set(p.worker, p.state);
+    if (p.saveAfter !== null) this.store.set(p.saveAfter, p.state);
+  }
+
+  /** The engine cancelled the task: its partial state is gone. */
+  cancel(taskId: TaskId): void {
+    const p = this.take(taskId);
+    this.memory.set(p.worker, null);
+  }
+
+  private take(taskId: TaskId): { worker: WorkerId; gpu: number; state: SimState; saveAfter: CheckpointKey | null } {
+    const p = this.pending.get(taskId);
+    if (!p) throw new Error(`sim pool: task ${taskId} is not running`);
+    this.pending.delete(taskId);
+    this.onGpu.get(p.gpu)?.delete(taskId);
+    return p;
+  }
+}

@@ -1,0 +1,143 @@
+import { describe, expect, it } from 'vitest';
+import { ExecutionMode, accountLog, replay } from '../../src/engine/index.js';
+import type { LogEntry } from '../../src/engine/index.js';
+import { treeStats } from '../../src/tree/index.js';
+import { clusterGpus, simCosts, simulate } from '../../src/workers/sim/index.js';
+import type { Study } from '../../src/study/index.js';
+import { gridTuner, scriptedTuner, smallStudy, spec } from '../support/sim-study.js';
+
+const metrics = (log: readonly LogEntry[]): string[] =>
+  log
+    .filter((e): e is Extract<LogEntry, { kind: 'metric' }> => e.kind === 'metric')
+    .map((e) => `${e.trial}@${e.step}=${e.value}`)
+    .sort();
+
+function engineOptions(study: Study, mode: ExecutionMode) {
+  const costs = simCosts(study);
+  return {
+    mode,
+    gpus: clusterGpus(study),
+    maxWorkers: study.workers,
+    share: () => Math.min(1, study.resources.gpus),
+    cost: { stepSeconds: costs.stepSeconds },
+  };
+}
+
+describe('engine on simulated workers', () => {
+  it('trains every unique step once and reports every metric', () => {
+    const study = smallStudy();
+    const r = simulate(study, ExecutionMode.stageTree, gridTuner(study));
+    const stats = treeStats(r.tree);
+    expect(r.stats.stepsTrained).toBe(stats.treeSteps);
+    expect(r.stats.stagesRecomputed).toBe(0);
+    expect(r.stats.tasksCancelled).toBe(0);
+    // 6 trials x 4 report points.
+    expect(metrics(r.log)).toHaveLength(24);
+    // GPU time = training + 2 process starts + checkpoint saves and loads.
+    const expected =
+      stats.treeSteps * 2 + r.stats.processStarts * 5 + r.stats.checkpointsSaved * 0.5 + r.stats.checkpointsLoaded * 0.25;
+    expect(r.gpuSeconds).toBeCloseTo(expected, 9);
+  });
+
+  it('gives every trial the same metrics as running it alone (equivalence)', () => {
+    const study = smallStudy();
+    const st = simulate(study, ExecutionMode.stageTree, gridTuner(study));
+    const tb = simulate(study, ExecutionMode.trialBased, gridTuner(study));
+    expect(metrics(st.log)).toEqual(metrics(tb.log));
+    expect(tb.stats.stepsTrained).toBe(6 * 40);
+    expect(tb.gpuSeconds / st.gpuSeconds).toBeGreaterThan(1.3);
+  });
+
+  it('replays a study from its event log, decision for decision', () => {
+    const study = smallStudy({ workers: 3 });
+    const r = simulate(study, ExecutionMode.stageTree, gridTuner(study));
+    const again = replay(study, r.log, gridTuner(study), engineOptions(study, ExecutionMode.stageTree));
+    expect(again.firstDifference).toBeNull();
+    expect(again.engine.stats).toEqual(r.stats);
+    expect(accountLog(r.log).gpuSeconds).toBeCloseTo(r.gpuSeconds, 9);
+    expect(accountLog(r.log).makespanSeconds).toBe(r.makespanSeconds);
+  });
+
+  it('checkpoints a fork point once: one child continues in place, the other restores', () => {
+    const study = smallStudy({ workers: 2 });
+    const tuner = scriptedTuner({
+      start(ctx) {
+        ctx.propose(spec({ kind: 'piecewise', values: [0.1, 0.01], boundaries: [10] }, 20));
+        ctx.propose(spec({ kind: 'piecewise', values: [0.1, 0.05], boundaries: [10] }, 20));
+      },
+    });
+    const r = simulate(study, ExecutionMode.stageTree, tuner);
+    expect(r.stats.checkpointsSaved).toBe(1);
+    expect(r.stats.checkpointsLoaded).toBe(1);
+    expect(r.stats.stepsTrained).toBe(30);
+  });
+
+  it('saves a paused trial when its worker moves on, and restores it when extended', () => {
+    const study = smallStudy({ workers: 1 });
+    let extended = false;
+    let first: string | null = null;
+    const tuner = scriptedTuner({
+      start(ctx) {
+        ctx.propose(spec(0.1, 10));
+        ctx.propose(spec(0.2, 10));
+      },
+      onMetric(_ctx, e) {
+        first ??= e.trial;
+      },
+      onIdle(ctx) {
+        if (!extended && first !== null) {
+          extended = true;
+          ctx.extend(first, 20);
+        }
+      },
+    });
+    const r = simulate(study, ExecutionMode.stageTree, tuner);
+    // The first trial paused at 10 and its worker moved on to the other one: saved, and
+    // loaded for the extension; the other paused trial is saved when the worker leaves
+    // it for that extension (it may be extended too). All in one process.
+    expect(r.stats.checkpointsSaved).toBe(2);
+    expect(r.stats.checkpointsLoaded).toBe(1);
+    expect(r.stats.processStarts).toBe(1);
+    expect(metrics(r.log).filter((m) => m.startsWith(`${first ?? ''}@`))).toHaveLength(2);
+  });
+
+  it('cancels a running stage when its last trial is stopped', () => {
+    const study = smallStudy({ workers: 2 });
+    const tuner = scriptedTuner({
+      start(ctx) {
+        ctx.propose(spec(0.1, 10));
+        ctx.propose(spec(0.2, 40));
+      },
+      onMetric(ctx, e) {
+        if (e.trial === 't1') ctx.stop('t2');
+      },
+    });
+    const r = simulate(study, ExecutionMode.stageTree, tuner);
+    expect(r.stats.tasksCancelled).toBe(1);
+    // t2's stage [0, 40) ran 10 steps' worth of time (20 s) before the cancel.
+    expect(r.makespanSeconds).toBe(5 + 20);
+    expect(r.gpuSeconds).toBeCloseTo(2 * (5 + 20), 9);
+    expect(metrics(r.log)).toEqual(['t1@10=' + String(r.best?.metric)]);
+  });
+
+  it('re-computes a lost ancestor instead of failing', () => {
+    // t1 trains [0, 20) alone and finishes; t2 then diverges at 10, inside the done
+    // stage: the state at 10 was never kept, so [0, 10) is trained again.
+    const study = smallStudy({ workers: 1 });
+    let added = false;
+    const tuner = scriptedTuner({
+      start(ctx) {
+        ctx.propose(spec(0.1, 20));
+      },
+      onIdle(ctx) {
+        if (!added) {
+          added = true;
+          ctx.propose(spec({ kind: 'piecewise', values: [0.1, 0.3], boundaries: [10] }, 20));
+        }
+      },
+    });
+    const r = simulate(study, ExecutionMode.stageTree, tuner);
+    expect(r.stats.stepsTrained).toBe(20 + 10 + 10);
+    expect(metrics(r.log).filter((m) => m.startsWith('t2@'))).toHaveLength(1);
+  });
+});
