@@ -1,7 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { ErrorCode, StagetreeError } from '../errors.js';
-import { planStudy, renderPlan } from '../report/index.js';
+import { planStudy, renderPlan, renderSimulation, simulateStudy } from '../report/index.js';
 import { parseStudy } from '../study/index.js';
 import type { Study } from '../study/index.js';
 
@@ -80,6 +80,19 @@ function program(io: Io): Command {
           ? JSON.stringify(plan.summary)
           : renderPlan(study, plan, { depth: opts.depth, width: opts.width }),
       );
+    });
+
+  cli
+    .command('simulate')
+    .description(
+      'run the study on simulated workers (virtual clock), as a stage tree and trial by trial, and compare',
+    )
+    .argument('<study>', 'study file (JSON, format v1: docs/study-format.md)')
+    .option('--json', 'print one JSON object (stageTree, trialBased, savings, idealSavings, ...)')
+    .action(async (file: string, opts: { json?: true }) => {
+      const study = await loadStudy(file);
+      const sim = simulateStudy(study);
+      io.out(opts.json ? JSON.stringify(sim.summary) : renderSimulation(study, sim));
     });
   return cli;
 }

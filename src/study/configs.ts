@@ -8,9 +8,11 @@ import {
   gridValues,
   objectFrom,
   sampleValue,
+  type CompiledStudy,
   type Path,
 } from './domain.js';
 import { createRng } from './rng.js';
+import type { Rng } from './rng.js';
 import type { JsonValue, Study } from './types.js';
 
 /** One configuration of a study: its static params and one schedule per hyperparameter. */
@@ -107,6 +109,56 @@ export function gridConfigs(study: Study): TrialConfig[] {
   );
 }
 
+/** Draws configurations of one study; holds the compiled templates and the schedule cache. */
+class Sampler {
+  private readonly c: CompiledStudy;
+  private readonly cache = new ScheduleCache();
+  private readonly paths: readonly Path[];
+  /** Hyperparameters without domains are the same in every trial: parsed once. */
+  private readonly fixed: readonly (Parsed | undefined)[];
+
+  constructor(study: Study) {
+    this.c = compileStudy(study);
+    this.paths = this.c.hps.map((hp) => ['space', hp] as const);
+    this.fixed = this.c.space.map((node, i) =>
+      node.t === 'lit' ? this.cache.get(node.value, this.paths[i] as Path) : undefined,
+    );
+  }
+
+  sample(rng: Rng, index: number): TrialConfig {
+    const params = sampleValue(this.c.params, rng);
+    const parsed = this.c.space.map(
+      (node, i) => this.fixed[i] ?? this.cache.get(sampleValue(node, rng), this.paths[i] as Path),
+    );
+    return makeConfig(index, params, this.c.hps, parsed);
+  }
+}
+
+/** One sampler per study object, so that drawing one configuration at a time stays cheap. */
+const samplers = new WeakMap<Study, Sampler>();
+
+function samplerOf(study: Study): Sampler {
+  let sampler = samplers.get(study);
+  if (!sampler) {
+    sampler = new Sampler(study);
+    samplers.set(study, sampler);
+  }
+  return sampler;
+}
+
+/**
+ * One configuration sampled from the study's domains with `rng` (the draws of
+ * `randomConfigs`, one configuration's worth): params, then each hyperparameter,
+ * depth-first in key order. `index` becomes the config's `index`. Tuners call it with
+ * their context's generator to draw configurations one at a time; drawing n of them from
+ * `createRng(seed)` gives exactly `randomConfigs(study, n, seed)`. Schedules are parsed
+ * and canonicalised once per distinct value for each study object (the cache lives as
+ * long as the study). Throws a `ValidationError` if a sampled schedule is invalid.
+ */
+export function sampleConfig(study: Study, rng: Rng, index: number): TrialConfig {
+  return samplerOf(study).sample(rng, index);
+}
+
 /**
  * `trials` configurations sampled from the study's domains with `createRng(seed)`:
  * choice uniformly among its options (then inside the chosen one), uniform and
@@ -120,20 +172,8 @@ export function randomConfigs(study: Study, trials: number, seed: number): Trial
     throw new ValidationError('trials', 'an integer >= 0', trials);
   }
   const rng = createRng(seed);
-  const c = compileStudy(study);
-  const cache = new ScheduleCache();
-  const paths = c.hps.map((hp) => ['space', hp] as const);
-  // Hyperparameters without domains are the same in every trial: parse them once.
-  const fixed = c.space.map((node, i) =>
-    node.t === 'lit' ? cache.get(node.value, paths[i] as Path) : undefined,
-  );
+  const sampler = new Sampler(study);
   const out: TrialConfig[] = [];
-  for (let index = 0; index < trials; index++) {
-    const params = sampleValue(c.params, rng);
-    const parsed = c.space.map(
-      (node, i) => fixed[i] ?? cache.get(sampleValue(node, rng), paths[i] as Path),
-    );
-    out.push(makeConfig(index, params, c.hps, parsed));
-  }
+  for (let index = 0; index < trials; index++) out.push(sampler.sample(rng, index));
   return out;
 }

@@ -1,6 +1,6 @@
 export * from './types.js';
 export { parseStudy } from './parse.js';
-export { gridConfigs, randomConfigs } from './configs.js';
+export { gridConfigs, randomConfigs, sampleConfig } from './configs.js';
 export type { TrialConfig } from './configs.js';
 export { createRng } from './rng.js';
 export type { Rng } from './rng.js';

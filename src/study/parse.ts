@@ -55,15 +55,77 @@ function strict<S extends z.ZodRawShape>(what: string, shape: S) {
 const kindOf = (kinds: readonly string[]) =>
   `one of ${kinds.map((k) => JSON.stringify(k)).join(', ')}`;
 
-/** A union over `kind`; add tuners (sha, asha, hyperband, median, pbt) as more members. */
+const seed = () => z.int(says('an integer')).default(0);
+const eta = () => integerFrom(2).default(3);
+
+/** A union over `kind`. Cross-field rules (steps ranges) are checked in `checkTuner`. */
 const tunerSchema = z.discriminatedUnion(
   'kind',
   [
-    strict('a grid tuner', { kind: z.literal('grid') }),
+    strict('a grid tuner', {
+      kind: z.literal('grid'),
+      maxConcurrent: integerFrom(1).optional(),
+    }),
     strict('a random tuner', {
       kind: z.literal('random'),
       trials: integerFrom(1),
-      seed: z.int(says('an integer')).default(0),
+      seed: seed(),
+      maxConcurrent: integerFrom(1).optional(),
+    }),
+    strict('a sha tuner', {
+      kind: z.literal('sha'),
+      trials: integerFrom(1),
+      eta: eta(),
+      minSteps: integerFrom(1),
+      maxSteps: integerFrom(1).optional(),
+      seed: seed(),
+    }),
+    strict('an asha tuner', {
+      kind: z.literal('asha'),
+      trials: integerFrom(1),
+      eta: eta(),
+      minSteps: integerFrom(1),
+      maxSteps: integerFrom(1).optional(),
+      seed: seed(),
+      maxConcurrent: integerFrom(1).optional(),
+    }),
+    strict('a hyperband tuner', {
+      kind: z.literal('hyperband'),
+      eta: eta(),
+      minSteps: integerFrom(1),
+      maxSteps: integerFrom(1).optional(),
+      seed: seed(),
+      async: z.boolean(says('a boolean')).default(false),
+      trials: integerFrom(1).optional(),
+      maxConcurrent: integerFrom(1).optional(),
+    }),
+    strict('a median tuner', {
+      kind: z.literal('median'),
+      trials: integerFrom(1),
+      seed: seed(),
+      graceSteps: integerFrom(0).optional(),
+      minTrials: integerFrom(1).default(3),
+      maxConcurrent: integerFrom(1).optional(),
+    }),
+    strict('a pbt tuner', {
+      kind: z.literal('pbt'),
+      population: integerFrom(2),
+      interval: integerFrom(1),
+      quantile: z
+        .number(says('a number in (0, 0.5]'))
+        .gt(0, says('a number in (0, 0.5]'))
+        .max(0.5, says('a number in (0, 0.5]'))
+        .default(0.25),
+      perturb: z
+        .array(positive(), says('a non-empty array of numbers > 0'))
+        .min(1, says('a non-empty array of numbers > 0'))
+        .default(() => [0.8, 1.2]),
+      resample: z
+        .number(says('a number from 0 to 1'))
+        .min(0, says('a number from 0 to 1'))
+        .max(1, says('a number from 0 to 1'))
+        .default(0.25),
+      seed: seed(),
     }),
   ],
   {
@@ -218,12 +280,118 @@ function checkScheduleSlot(node: TemplateNode, path: Path): void {
   }
 }
 
-function toTuner(t: z.output<typeof tunerSchema>): TunerSpec {
+type TunerInput = z.output<typeof tunerSchema>;
+type StudyInput = z.output<typeof studySchema>;
+
+/** `maxSteps` (default `steps`) after checking minSteps <= maxSteps <= steps. */
+function stepRange(t: { minSteps: number; maxSteps?: number | undefined }, steps: number): number {
+  const maxSteps = t.maxSteps ?? steps;
+  if (maxSteps > steps) {
+    throw new ValidationError(
+      'tuner.maxSteps',
+      `an integer from minSteps (${t.minSteps}) to steps (${steps})`,
+      maxSteps,
+    );
+  }
+  if (t.minSteps > maxSteps) {
+    const max = t.maxSteps === undefined ? `steps (${steps})` : `maxSteps (${maxSteps})`;
+    throw new ValidationError('tuner.minSteps', `an integer from 1 to ${max}`, t.minSteps);
+  }
+  return maxSteps;
+}
+
+/** Checks the rules that relate tuner fields to the study, and applies study-dependent defaults. */
+function toTuner(t: TunerInput, s: StudyInput): TunerSpec {
+  const evalEvery = s.evalEvery ?? s.steps;
+  const concurrency = (m: number | undefined) => (m === undefined ? {} : { maxConcurrent: m });
   switch (t.kind) {
     case 'grid':
-      return { kind: 'grid' };
+      return { kind: 'grid', ...concurrency(t.maxConcurrent) };
     case 'random':
-      return { kind: 'random', trials: t.trials, seed: t.seed };
+      return { kind: 'random', trials: t.trials, seed: t.seed, ...concurrency(t.maxConcurrent) };
+    case 'sha': {
+      const maxSteps = stepRange(t, s.steps);
+      return {
+        kind: 'sha',
+        trials: t.trials,
+        eta: t.eta,
+        minSteps: t.minSteps,
+        maxSteps,
+        seed: t.seed,
+      };
+    }
+    case 'asha': {
+      const maxSteps = stepRange(t, s.steps);
+      return {
+        kind: 'asha',
+        trials: t.trials,
+        eta: t.eta,
+        minSteps: t.minSteps,
+        maxSteps,
+        seed: t.seed,
+        maxConcurrent: t.maxConcurrent ?? s.workers,
+      };
+    }
+    case 'hyperband': {
+      const maxSteps = stepRange(t, s.steps);
+      if (!t.async) {
+        const only =
+          'with "async": true (a synchronous hyperband runs one iteration of its brackets)';
+        if (t.trials !== undefined) {
+          throw new ValidationError('tuner.trials', `no trials budget, except ${only}`, t.trials);
+        }
+        if (t.maxConcurrent !== undefined) {
+          throw new ValidationError(
+            'tuner.maxConcurrent',
+            `no maxConcurrent, except ${only}`,
+            t.maxConcurrent,
+          );
+        }
+      }
+      return {
+        kind: 'hyperband',
+        eta: t.eta,
+        minSteps: t.minSteps,
+        maxSteps,
+        seed: t.seed,
+        async: t.async,
+        ...(t.trials === undefined ? {} : { trials: t.trials }),
+        maxConcurrent: t.maxConcurrent ?? s.workers,
+      };
+    }
+    case 'median':
+      if (t.graceSteps !== undefined && t.graceSteps > s.steps) {
+        throw new ValidationError(
+          'tuner.graceSteps',
+          `an integer from 0 to steps (${s.steps})`,
+          t.graceSteps,
+        );
+      }
+      return {
+        kind: 'median',
+        trials: t.trials,
+        seed: t.seed,
+        graceSteps: t.graceSteps ?? evalEvery,
+        minTrials: t.minTrials,
+        maxConcurrent: t.maxConcurrent ?? s.workers,
+      };
+    case 'pbt':
+      if (t.interval > s.steps) {
+        throw new ValidationError(
+          'tuner.interval',
+          `an integer from 1 to steps (${s.steps})`,
+          t.interval,
+        );
+      }
+      return {
+        kind: 'pbt',
+        population: t.population,
+        interval: t.interval,
+        quantile: t.quantile,
+        perturb: [...t.perturb],
+        resample: t.resample,
+        seed: t.seed,
+      };
   }
 }
 
@@ -240,8 +408,10 @@ function toTrainer(t: z.output<typeof trainerSchema>): TrainerSpec {
 /**
  * Validates a study (usually `JSON.parse` of a study file) and applies defaults. Throws a
  * `ValidationError` naming the first bad field: unknown fields, wrong types, bad search
- * domains, schedules that cannot be valid, and (grid tuner) continuous domains or a grid
- * larger than `MAX_GRID_CONFIGS`.
+ * domains, schedules that cannot be valid, tuner fields out of the study's range
+ * (`tuner.maxSteps` > steps, `tuner.minSteps` > maxSteps, `tuner.interval` or
+ * `tuner.graceSteps` > steps), and (grid tuner) continuous domains or a grid larger than
+ * `MAX_GRID_CONFIGS`.
  */
 export function parseStudy(json: unknown): Study {
   const parsed = studySchema.safeParse(json);
@@ -250,6 +420,7 @@ export function parseStudy(json: unknown): Study {
   if (s.evalEvery !== undefined && s.evalEvery > s.steps) {
     throw new ValidationError('evalEvery', `an integer from 1 to steps (${s.steps})`, s.evalEvery);
   }
+  const tuner = toTuner(s.tuner, s);
   if (Object.hasOwn(s.space, '')) {
     throw new ValidationError('space', 'non-empty hyperparameter names', s.space);
   }
@@ -271,7 +442,7 @@ export function parseStudy(json: unknown): Study {
     ),
     steps: s.steps,
     evalEvery: s.evalEvery ?? s.steps,
-    tuner: toTuner(s.tuner),
+    tuner,
     metric: { name: s.metric.name, mode: s.metric.mode },
     trainer: toTrainer(s.trainer),
     resources: { gpus: s.resources.gpus },

@@ -29,20 +29,104 @@ export interface IntDomain {
 }
 export type Domain = ChoiceDomain | UniformDomain | LogUniformDomain | IntDomain;
 
-export const TUNER_KINDS = ['grid', 'random'] as const;
+export const TUNER_KINDS = ['grid', 'random', 'sha', 'asha', 'hyperband', 'median', 'pbt'] as const;
 export type TunerKind = (typeof TUNER_KINDS)[number];
 
-/** Every configuration of the cartesian product of the domains (choice and int only). */
+/**
+ * Every configuration of the cartesian product of the domains (choice and int only).
+ * With `maxConcurrent`, at most that many trials run at once (more are proposed as
+ * trials finish); without it every configuration is proposed at once.
+ */
 export interface GridTunerSpec {
   readonly kind: 'grid';
+  readonly maxConcurrent?: number;
 }
 /** `trials` configurations sampled from the domains with a PRNG seeded by `seed`. */
 export interface RandomTunerSpec {
   readonly kind: 'random';
   readonly trials: number;
   readonly seed: number;
+  /** At most this many trials running at once; absent: all proposed at once. */
+  readonly maxConcurrent?: number;
 }
-export type TunerSpec = GridTunerSpec | RandomTunerSpec;
+/**
+ * Synchronous successive halving: `trials` random configurations train to `minSteps`;
+ * at each rung (`minSteps * eta^k`, the last one `maxSteps`) the best `1/eta` continue.
+ */
+export interface ShaTunerSpec {
+  readonly kind: 'sha';
+  readonly trials: number;
+  /** Reduction factor, >= 2. Default 3. */
+  readonly eta: number;
+  readonly minSteps: number;
+  /** Default `steps`; `minSteps <= maxSteps <= steps`. */
+  readonly maxSteps: number;
+  readonly seed: number;
+}
+/** Asynchronous successive halving: promote as soon as a trial is in its rung's top `1/eta`. */
+export interface AshaTunerSpec {
+  readonly kind: 'asha';
+  /** How many configurations to try in all. */
+  readonly trials: number;
+  readonly eta: number;
+  readonly minSteps: number;
+  readonly maxSteps: number;
+  readonly seed: number;
+  /** At most this many trials running at once. Default `workers`. */
+  readonly maxConcurrent: number;
+}
+/**
+ * Hyperband: brackets of successive halving with different starting steps. `async: false`
+ * runs one iteration of synchronous brackets; `async: true` runs ASHA brackets, assigning
+ * new configurations to brackets round-robin, until `trials` configurations were tried.
+ */
+export interface HyperbandTunerSpec {
+  readonly kind: 'hyperband';
+  readonly eta: number;
+  readonly minSteps: number;
+  readonly maxSteps: number;
+  readonly seed: number;
+  readonly async: boolean;
+  /** Async only: configurations to try in all. Absent: one iteration (the sum of the bracket sizes). */
+  readonly trials?: number;
+  /** Async only: at most this many trials running at once. Default `workers`. */
+  readonly maxConcurrent: number;
+}
+/** Random search with the median stopping rule. */
+export interface MedianTunerSpec {
+  readonly kind: 'median';
+  readonly trials: number;
+  readonly seed: number;
+  /** No trial is stopped before this step. Default `evalEvery`. */
+  readonly graceSteps: number;
+  /** A trial is compared only with at least this many others. Default 3. */
+  readonly minTrials: number;
+  /** Default `workers`. */
+  readonly maxConcurrent: number;
+}
+/** Population-based training. */
+export interface PbtTunerSpec {
+  readonly kind: 'pbt';
+  /** Members trained at once, >= 2. */
+  readonly population: number;
+  /** Steps between exploit/explore rounds, 1..steps. */
+  readonly interval: number;
+  /** Fraction of the population that is replaced each round, in (0, 0.5]. Default 0.25. */
+  readonly quantile: number;
+  /** Factors a numeric hyperparameter is multiplied by (one drawn uniformly). Default [0.8, 1.2]. */
+  readonly perturb: readonly number[];
+  /** Probability of a fresh sampled configuration instead of a perturbation. Default 0.25. */
+  readonly resample: number;
+  readonly seed: number;
+}
+export type TunerSpec =
+  | GridTunerSpec
+  | RandomTunerSpec
+  | ShaTunerSpec
+  | AshaTunerSpec
+  | HyperbandTunerSpec
+  | MedianTunerSpec
+  | PbtTunerSpec;
 
 export const METRIC_MODES = ['min', 'max'] as const;
 export type MetricMode = (typeof METRIC_MODES)[number];

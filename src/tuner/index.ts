@@ -1,1 +1,14 @@
 export { reportSteps, toTrialInput, trialId, upfrontTrials } from './upfront.js';
+export { isBetter } from './types.js';
+export type { MetricEvent, TrialSpec, Tuner, TunerContext } from './types.js';
+export { createTuner } from './create.js';
+export { compareMetric, reportsBetween, tunerSeed } from './common.js';
+export { GridTuner } from './grid.js';
+export { RandomTuner } from './random.js';
+export { ShaBracket, ShaTuner, shaRungs } from './sha.js';
+export { AshaBracket, AshaTuner } from './asha.js';
+export type { AshaPlan } from './asha.js';
+export { AsyncHyperbandTuner, HyperbandTuner, hyperbandBrackets } from './hyperband.js';
+export type { HyperbandBracket } from './hyperband.js';
+export { MedianStoppingTuner, median } from './median.js';
+export { PbtTuner, pbtQuantileCount } from './pbt.js';

@@ -29,7 +29,8 @@ export function toTrialInput(config: TrialConfig, count: number, study: Study): 
 
 /**
  * The trials of a tuner whose trials are all known before anything runs (grid, random),
- * each demanding the study's full `steps`.
+ * each demanding the study's full `steps`. Other tuners decide as metrics come in, so
+ * their trials are not known up front: a `ValidationError` on `tuner.kind`.
  */
 export function upfrontTrials(study: Study): TrialInput[] {
   const tuner = study.tuner;
@@ -41,6 +42,16 @@ export function upfrontTrials(study: Study): TrialInput[] {
     case 'random':
       configs = randomConfigs(study, tuner.trials, tuner.seed);
       break;
+    case 'sha':
+    case 'asha':
+    case 'hyperband':
+    case 'median':
+    case 'pbt':
+      throw new ValidationError(
+        'tuner.kind',
+        '"grid" or "random" (only their trials are known before anything runs)',
+        tuner.kind,
+      );
   }
   if (configs.length === 0)
     throw new ValidationError('space', 'at least one configuration', configs.length);

@@ -127,7 +127,7 @@ describe('parseStudy: bad input names the field', () => {
     [
       'an unknown tuner field, reported before the missing one it misspells',
       edited((s) => (s.tuner = { kind: 'random', trails: 3 })),
-      'tuner.trails: expected no such field (a random tuner takes kind, trials, seed), got 3 (number)',
+      'tuner.trails: expected no such field (a random tuner takes kind, trials, seed, maxConcurrent), got 3 (number)',
     ],
     [
       'an unknown trainer field',
@@ -157,7 +157,7 @@ describe('parseStudy: bad input names the field', () => {
     [
       'an unknown tuner kind',
       edited((s) => (s.tuner = { kind: 'bayes' })),
-      'tuner.kind: expected one of "grid", "random", got "bayes" (string)',
+      'tuner.kind: expected one of "grid", "random", "sha", "asha", "hyperband", "median", "pbt", got "bayes" (string)',
     ],
     [
       'a tuner that is not an object',

@@ -3,8 +3,8 @@ import type { EngineStats, LogEntry, Task, TaskId } from '../../engine/index.js'
 import type { Study } from '../../study/index.js';
 import { allStages, getStage, stageValues } from '../../tree/index.js';
 import type { StageTree } from '../../tree/index.js';
-const createTuner = (_s: Study): Tuner => { throw new Error('no tuner'); };
-import type { Tuner } from '../../tuner/types.js';
+import { createTuner } from '../../tuner/index.js';
+import type { Tuner } from '../../tuner/index.js';
 import { EventHeap } from './heap.js';
 import { SimPool } from './pool.js';
 import type { SimCosts } from './pool.js';
