@@ -173,13 +173,24 @@ export class Engine {
   inspect(): {
     readonly running: readonly { readonly task: Task; readonly stage: StageId }[];
     readonly gpuUsed: readonly number[];
-    readonly workers: readonly { readonly id: WorkerId; readonly busy: boolean; readonly holds: StageId | null }[];
+    readonly workers: readonly {
+      readonly id: WorkerId;
+      readonly busy: boolean;
+      readonly holds: StageId | null;
+    }[];
     readonly checkpoints: readonly CheckpointKey[];
   } {
     return {
-      running: [...this.running.values()].map((r) => ({ task: r.task, stage: this.currentStage(r) })),
+      running: [...this.running.values()].map((r) => ({
+        task: r.task,
+        stage: this.currentStage(r),
+      })),
       gpuUsed: [...this.gpuUsed],
-      workers: [...this.workers.values()].map((w) => ({ id: w.id, busy: w.busy !== null, holds: w.holds })),
+      workers: [...this.workers.values()].map((w) => ({
+        id: w.id,
+        busy: w.busy !== null,
+        holds: w.holds,
+      })),
       checkpoints: [...this.checkpoints],
     };
   }
@@ -193,7 +204,8 @@ export class Engine {
   complete(now: number, taskId: TaskId, result: TaskResult): Commands {
     this.now = now;
     const r = this.running.get(taskId);
-    if (!r) throw new ConflictError(`task ${taskId} is not running (finished or cancelled already)`);
+    if (!r)
+      throw new ConflictError(`task ${taskId} is not running (finished or cancelled already)`);
     this.release(r);
     const worker = this.workers.get(r.task.worker) as WorkerState;
     this.log.push({ t: now, kind: 'done', task: taskId, metric: result.metric });
@@ -208,23 +220,23 @@ export class Engine {
   // ------------------------------------------------------------------ tuner context
 
   private makeContext(): TunerContext {
-    const engine = this;
     const tunerSeed = 'seed' in this.study.tuner ? this.study.tuner.seed : 0;
     return {
       study: this.study,
       rng: createRng(tunerSeed),
-      propose: (spec) => engine.propose(spec),
+      propose: (spec) => this.propose(spec),
       extend: (trial, until, reports) => {
-        engine.extend(trial, until, reports ?? []);
+        this.extend(trial, until, reports ?? []);
       },
       stop: (trial) => {
-        engine.stop(trial);
+        this.stop(trial);
       },
-      fork: (source, at, schedules, until, reports) => engine.fork(source, at, schedules, until, reports ?? []),
+      fork: (source, at, schedules, until, reports) =>
+        this.fork(source, at, schedules, until, reports ?? []),
       finish: () => {
-        engine.finish();
+        this.finish();
       },
-      running: () => engine.active - engine.paused.size,
+      running: () => this.active - this.paused.size,
     };
   }
 
@@ -232,7 +244,9 @@ export class Engine {
     const id = `t${this.nextTrial++}`;
     if (this.finished) return id;
     const params =
-      this.options.mode === ExecutionMode.trialBased ? { ...spec.params, [LINEAGE_PARAM]: id } : spec.params;
+      this.options.mode === ExecutionMode.trialBased
+        ? { ...spec.params, [LINEAGE_PARAM]: id }
+        : spec.params;
     this.tree = insertTrial(this.tree, {
       id,
       params,
@@ -303,7 +317,7 @@ export class Engine {
 
   /** Places ready stages; when nothing runs or is ready, asks the tuner, else ends. */
   private schedule(): void {
-    for (let idle = 0; ; ) {
+    for (let idle = 0; ;) {
       if (this.finished) return;
       const placed = this.placeReady();
       if (this.running.size > 0) return;
@@ -348,7 +362,11 @@ export class Engine {
     if (this.runningStages.has(s.id)) return true;
     // A running stage that a new trial split: its task still covers the pieces.
     for (const r of this.stale) {
-      if (r.start <= s.start && s.end <= r.end && pathOf(this.tree, r.rep).some((p) => p.id === s.id)) {
+      if (
+        r.start <= s.start &&
+        s.end <= r.end &&
+        pathOf(this.tree, r.rep).some((p) => p.id === s.id)
+      ) {
         return true;
       }
     }
@@ -452,7 +470,13 @@ export class Engine {
     let startProcess = false;
     if (placement.kind === 'cold') {
       if (placement.replace !== null) this.workers.delete(placement.replace);
-      worker = { id: `w${this.nextWorker++}`, gpu: placement.gpu, busy: null, holds: null, lineage };
+      worker = {
+        id: `w${this.nextWorker++}`,
+        gpu: placement.gpu,
+        busy: null,
+        holds: null,
+        lineage,
+      };
       this.workers.set(worker.id, worker);
       startProcess = true;
       this.stats.processStarts++;
@@ -463,7 +487,11 @@ export class Engine {
     // Save what the worker holds if it is about to be lost and someone still needs it.
     let saveFirst: CheckpointKey | null = null;
     const held = worker.holds;
-    if (held !== null && !this.saved(held) && this.stateNeeded(held, held === parent ? s.id : null)) {
+    if (
+      held !== null &&
+      !this.saved(held) &&
+      this.stateNeeded(held, held === parent ? s.id : null)
+    ) {
       saveFirst = this.keyOf(held);
       this.checkpoints.add(saveFirst);
       this.stats.checkpointsSaved++;
@@ -516,7 +544,14 @@ export class Engine {
     worker.holds = null;
     worker.lineage = lineage;
     this.gpuUsed[worker.gpu] = (this.gpuUsed[worker.gpu] ?? 0) + share;
-    this.running.set(task.id, { task, startedAt: this.now, stage: s.id, start: s.start, end: s.end, rep: s.rep });
+    this.running.set(task.id, {
+      task,
+      startedAt: this.now,
+      stage: s.id,
+      start: s.start,
+      end: s.end,
+      rep: s.rep,
+    });
     this.runningStages.set(s.id, task.id);
     this.stats.stagesRun++;
     this.stats.stagesRecomputed += chain.length - 1;
@@ -528,8 +563,9 @@ export class Engine {
 
   private stageRun(s: Stage): StageRun {
     const rep = getTrial(this.tree, s.rep);
-    const params: Record<string, unknown> = { ...rep.params };
-    delete params[LINEAGE_PARAM];
+    const params = Object.fromEntries(
+      Object.entries(rep.params).filter(([k]) => k !== LINEAGE_PARAM),
+    );
     return { stage: s.id, start: s.start, end: s.end, params, schedules: rep.schedules };
   }
 

@@ -62,7 +62,12 @@ export interface TaskResult {
 
 /** The event log: everything the engine decided, in order, with virtual or real time. */
 export type LogEntry =
-  | { readonly t: number; readonly kind: 'propose'; readonly trial: TrialId; readonly spec: TrialSpec }
+  | {
+      readonly t: number;
+      readonly kind: 'propose';
+      readonly trial: TrialId;
+      readonly spec: TrialSpec;
+    }
   | {
       readonly t: number;
       readonly kind: 'fork';

@@ -87,6 +87,8 @@ export function renderSimulation(study: Study, sim: Simulation): string {
     `  savings ${s.savings.toFixed(2)}x GPU-hours (ideal ${s.idealSavings.toFixed(2)}x), ${s.speedup.toFixed(2)}x end to end`,
     `  makespan ${st.makespanHours.toFixed(3)} h vs lower bound ${s.makespanLowerBoundHours.toFixed(3)} h`,
     `  stage tree ran ${st.stagesRun} stages, ${st.processStarts} process starts, ${st.checkpointsSaved} checkpoints saved, ${st.checkpointsLoaded} loaded`,
-    s.best ? `  best: ${s.best.trial} with ${study.metric.name} = ${s.best.metric}` : '  best: no metric reported',
+    s.best
+      ? `  best: ${s.best.trial} with ${study.metric.name} = ${s.best.metric}`
+      : '  best: no metric reported',
   ].join('\n');
 }

@@ -46,7 +46,8 @@ export type Placement =
   | { readonly kind: 'hot' | 'warm'; readonly worker: string; readonly gpu: number }
   | { readonly kind: 'cold'; readonly gpu: number; readonly replace: string | null };
 
-const fits = (g: GpuView | undefined, share: number): boolean => g !== undefined && g.used + share <= 1 + EPS;
+const fits = (g: GpuView | undefined, share: number): boolean =>
+  g !== undefined && g.used + share <= 1 + EPS;
 
 export function place(
   req: PlacementRequest,
@@ -60,17 +61,23 @@ export function place(
   const hot = idle.find((w) => w.holds === req.parent && sameLineage(w));
   if (hot) return { kind: 'hot', worker: hot.id, gpu: hot.gpu };
 
-  const warm = idle.filter(sameLineage).sort((a, b) => Number(a.holdsNeeded) - Number(b.holdsNeeded) || (a.id < b.id ? -1 : 1));
+  const warm = idle
+    .filter(sameLineage)
+    .sort((a, b) => Number(a.holdsNeeded) - Number(b.holdsNeeded) || (a.id < b.id ? -1 : 1));
   if (warm[0]) return { kind: 'warm', worker: warm[0].id, gpu: warm[0].gpu };
 
   // Best fit: the GPU with the least free share that still fits.
-  const candidates = gpus.filter((g) => fits(g, req.share)).sort((a, b) => b.used - a.used || a.index - b.index);
+  const candidates = gpus
+    .filter((g) => fits(g, req.share))
+    .sort((a, b) => b.used - a.used || a.index - b.index);
   if (workers.length < limits.maxWorkers) {
     const g = candidates[0];
     return g ? { kind: 'cold', gpu: g.index, replace: null } : null;
   }
   // No process budget left: replace an idle process of another lineage whose state nobody
   // needs (its trial finished, or its state is checkpointed).
-  const victim = idle.filter((w) => !sameLineage(w) && !w.holdsNeeded).sort((a, b) => (a.id < b.id ? -1 : 1))[0];
+  const victim = idle
+    .filter((w) => !sameLineage(w) && !w.holdsNeeded)
+    .sort((a, b) => (a.id < b.id ? -1 : 1))[0];
   return victim ? { kind: 'cold', gpu: victim.gpu, replace: victim.id } : null;
 }

@@ -154,7 +154,11 @@ class Editor {
       stages: this.stages,
       trials: this.trials,
       ready: this.ready,
-      counts: Object.freeze({ stages: this.stageCount, trials: this.trialCount, splits: this.splitCount }),
+      counts: Object.freeze({
+        stages: this.stageCount,
+        trials: this.trialCount,
+        splits: this.splitCount,
+      }),
     });
   }
 
@@ -496,7 +500,11 @@ export function forkTrial(tree: StageTree, fork: ForkInput): StageTree {
  * worker trained a stage that a new trial split while it ran, so the lower piece is
  * trained while the upper piece's end state was never kept.
  */
-export function markDone(tree: StageTree, id: StageId, options: { force?: boolean } = {}): StageTree {
+export function markDone(
+  tree: StageTree,
+  id: StageId,
+  options: { force?: boolean } = {},
+): StageTree {
   return edit(tree, (e) => e.markDone(id, options.force ?? false));
 }
 

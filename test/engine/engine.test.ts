@@ -19,7 +19,7 @@ function engineOptions(study: Study, mode: ExecutionMode) {
     gpus: clusterGpus(study),
     maxWorkers: study.workers,
     share: () => Math.min(1, study.resources.gpus),
-    cost: { stepSeconds: costs.stepSeconds },
+    cost: { stepSeconds: (values: Readonly<Record<string, unknown>>) => costs.stepSeconds(values) },
   };
 }
 
@@ -35,7 +35,10 @@ describe('engine on simulated workers', () => {
     expect(metrics(r.log)).toHaveLength(24);
     // GPU time = training + 2 process starts + checkpoint saves and loads.
     const expected =
-      stats.treeSteps * 2 + r.stats.processStarts * 5 + r.stats.checkpointsSaved * 0.5 + r.stats.checkpointsLoaded * 0.25;
+      stats.treeSteps * 2 +
+      r.stats.processStarts * 5 +
+      r.stats.checkpointsSaved * 0.5 +
+      r.stats.checkpointsLoaded * 0.25;
     expect(r.gpuSeconds).toBeCloseTo(expected, 9);
   });
 
@@ -51,7 +54,12 @@ describe('engine on simulated workers', () => {
   it('replays a study from its event log, decision for decision', () => {
     const study = smallStudy({ workers: 3 });
     const r = simulate(study, ExecutionMode.stageTree, gridTuner(study));
-    const again = replay(study, r.log, gridTuner(study), engineOptions(study, ExecutionMode.stageTree));
+    const again = replay(
+      study,
+      r.log,
+      gridTuner(study),
+      engineOptions(study, ExecutionMode.stageTree),
+    );
     expect(again.firstDifference).toBeNull();
     expect(again.engine.stats).toEqual(r.stats);
     expect(accountLog(r.log).gpuSeconds).toBeCloseTo(r.gpuSeconds, 9);

@@ -89,7 +89,7 @@ class Real {
     const covered = new Set<string>();
     for (const r of view.running) {
       const run = r.task.runs[r.task.runs.length - 1] as { start: number };
-      for (let id: string | null = r.stage; id !== null; ) {
+      for (let id: string | null = r.stage; id !== null;) {
         const st = getStage(tree, id);
         if (st.start < run.start) break;
         covered.add(id);
@@ -192,7 +192,11 @@ describe('scheduler (model-based)', () => {
     let runsWithWork = 0;
     const commands = [
       fc
-        .tuple(fc.integer({ min: 0, max: LRS.length - 1 }), fc.integer({ min: 5, max: 40 }), fc.integer({ min: 1, max: 39 }))
+        .tuple(
+          fc.integer({ min: 0, max: LRS.length - 1 }),
+          fc.integer({ min: 5, max: 40 }),
+          fc.integer({ min: 1, max: 39 }),
+        )
         .map(([lr, until, report]) => new Propose(lr, until, report)),
       fc.nat().map((k) => new Stop(k)),
       fc.tuple(fc.nat(), fc.integer({ min: 1, max: 15 })).map(([k, more]) => new Extend(k, more)),
@@ -208,7 +212,10 @@ describe('scheduler (model-based)', () => {
           reports: [20],
         };
         const real = new Real(first);
-        const system: System = { real, model: [{ spec: first, until: 40, reports: [20, 40], stopped: false }] };
+        const system: System = {
+          real,
+          model: [{ spec: first, until: 40, reports: [20, 40], stopped: false }],
+        };
         real.apply(real.engine.start(0));
         fc.modelRun(() => ({ model: { trials: 1 }, real: system }), cmds);
         while (real.advance()) real.checkInvariants();

@@ -13,7 +13,12 @@ export function smallStudy(overrides: Record<string, unknown> = {}): Study {
     name: 'small',
     params: { model: 'resnet20', seed: 0 },
     space: {
-      lr: { kind: 'multistep', init: { choice: [0.05, 0.1, 0.2] }, factor: 0.1, milestones: [{ choice: [20, 30] }] },
+      lr: {
+        kind: 'multistep',
+        init: { choice: [0.05, 0.1, 0.2] },
+        factor: 0.1,
+        milestones: [{ choice: [20, 30] }],
+      },
       batchSize: 128,
     },
     steps: 40,
@@ -31,7 +36,12 @@ export function gridTuner(study: Study): Tuner {
   return {
     start(ctx) {
       for (const t of upfrontTrials(study)) {
-        ctx.propose({ params: t.params, schedules: t.schedules, until: t.until, reports: t.reports ?? [] });
+        ctx.propose({
+          params: t.params,
+          schedules: t.schedules,
+          until: t.until,
+          reports: t.reports ?? [],
+        });
       }
     },
     onMetric() {},
@@ -53,5 +63,10 @@ export function scriptedTuner(script: {
 }
 
 export function spec(lr: unknown, until: number, reports: number[] = [], seed = 0): TrialSpec {
-  return { params: { model: 'resnet20', seed }, schedules: { lr: c(lr), batchSize: c(128) }, until, reports };
+  return {
+    params: { model: 'resnet20', seed },
+    schedules: { lr: c(lr), batchSize: c(128) },
+    until,
+    reports,
+  };
 }

@@ -33,7 +33,10 @@ export class SimPool {
   private readonly memory = new Map<WorkerId, SimState | null>();
   private readonly store = new Map<CheckpointKey, SimState>();
   private readonly onGpu = new Map<number, Set<TaskId>>();
-  private readonly pending = new Map<TaskId, { worker: WorkerId; gpu: number; state: SimState; saveAfter: CheckpointKey | null }>();
+  private readonly pending = new Map<
+    TaskId,
+    { worker: WorkerId; gpu: number; state: SimState; saveAfter: CheckpointKey | null }
+  >();
 
   constructor(
     private readonly costs: SimCosts,
@@ -42,10 +45,13 @@ export class SimPool {
 
   execute(task: Task): SimOutcome {
     let t = 0;
-    let held = task.startProcess ? null : (this.memory.get(task.worker) ?? null);
+    const held = task.startProcess ? null : (this.memory.get(task.worker) ?? null);
     if (task.startProcess) t += this.costs.startSeconds;
     if (task.saveFirst !== null) {
-      if (!held) throw new Error(`sim pool: worker ${task.worker} holds no state to save for ${task.saveFirst}`);
+      if (!held)
+        throw new Error(
+          `sim pool: worker ${task.worker} holds no state to save for ${task.saveFirst}`,
+        );
       this.store.set(task.saveFirst, held);
       t += this.costs.saveSeconds;
     }
@@ -54,12 +60,16 @@ export class SimPool {
     let state: SimState;
     switch (task.restore.from) {
       case 'memory':
-        if (!held) throw new Error(`sim pool: worker ${task.worker} holds no state for task ${task.id}`);
+        if (!held)
+          throw new Error(`sim pool: worker ${task.worker} holds no state for task ${task.id}`);
         state = held;
         break;
       case 'checkpoint': {
         const saved = this.store.get(task.restore.key);
-        if (!saved) throw new Error(`sim pool: no checkpoint ${task.restore.key} (stage ${task.restore.stage})`);
+        if (!saved)
+          throw new Error(
+            `sim pool: no checkpoint ${task.restore.key} (stage ${task.restore.stage})`,
+          );
         state = saved;
         t += this.costs.loadSeconds;
         break;
@@ -68,7 +78,6 @@ export class SimPool {
         state = simInit(first.params);
         break;
     }
-    held = null;
     const sharing = this.onGpu.get(task.gpu) ?? new Set<TaskId>();
     sharing.add(task.id);
     this.onGpu.set(task.gpu, sharing);
@@ -83,7 +92,12 @@ export class SimPool {
     }
     if (task.saveAfter !== null) t += this.costs.saveSeconds;
     this.memory.set(task.worker, null);
-    this.pending.set(task.id, { worker: task.worker, gpu: task.gpu, state, saveAfter: task.saveAfter });
+    this.pending.set(task.id, {
+      worker: task.worker,
+      gpu: task.gpu,
+      state,
+      saveAfter: task.saveAfter,
+    });
     return { duration: t, result: { metric: simEvaluate(state, this.mode) } };
   }
 
@@ -100,7 +114,12 @@ export class SimPool {
     this.memory.set(p.worker, null);
   }
 
-  private take(taskId: TaskId): { worker: WorkerId; gpu: number; state: SimState; saveAfter: CheckpointKey | null } {
+  private take(taskId: TaskId): {
+    worker: WorkerId;
+    gpu: number;
+    state: SimState;
+    saveAfter: CheckpointKey | null;
+  } {
     const p = this.pending.get(taskId);
     if (!p) throw new Error(`sim pool: task ${taskId} is not running`);
     this.pending.delete(taskId);

@@ -1,5 +1,5 @@
-import { Engine, ExecutionMode } from '../../engine/index.js';
-import type { EngineStats, LogEntry, Task, TaskId } from '../../engine/index.js';
+import { Engine } from '../../engine/index.js';
+import type { EngineStats, ExecutionMode, LogEntry, Task, TaskId } from '../../engine/index.js';
 import type { Study } from '../../study/index.js';
 import { allStages, getStage, stageValues } from '../../tree/index.js';
 import type { StageTree } from '../../tree/index.js';
@@ -46,7 +46,11 @@ export function clusterGpus(study: Study): number {
  * Runs a study on simulated workers with a virtual clock: the same engine, tuner, tree
  * and scheduler as a real run, with the sim trainer's costs. Deterministic.
  */
-export function simulate(study: Study, mode: ExecutionMode, tuner: Tuner = createTuner(study)): SimulationResult {
+export function simulate(
+  study: Study,
+  mode: ExecutionMode,
+  tuner: Tuner = createTuner(study),
+): SimulationResult {
   const costs = simCosts(study);
   const gpus = clusterGpus(study);
   const share = Math.min(1, study.resources.gpus);
@@ -93,7 +97,9 @@ export function simulate(study: Study, mode: ExecutionMode, tuner: Tuner = creat
   let best: SimulationResult['best'] = null;
   for (const e of engine.log) {
     if (e.kind !== 'metric') continue;
-    const better = best === null || (study.metric.mode === 'max' ? e.value > best.metric : e.value < best.metric);
+    const better =
+      best === null ||
+      (study.metric.mode === 'max' ? e.value > best.metric : e.value < best.metric);
     if (better) best = { trial: e.trial, step: e.step, metric: e.value };
   }
   return {
@@ -126,7 +132,8 @@ export function makespanLowerBound(study: Study, tree: StageTree, gpus: number):
   let longest = 0;
   const chain = (id: string): number => {
     let sum = 0;
-    for (let s = getStage(tree, id); s.parent !== null; s = getStage(tree, s.parent)) sum += seconds.get(s.id) ?? 0;
+    for (let s = getStage(tree, id); s.parent !== null; s = getStage(tree, s.parent))
+      sum += seconds.get(s.id) ?? 0;
     return sum;
   };
   for (const s of allStages(tree)) if (s.done) longest = Math.max(longest, chain(s.id));

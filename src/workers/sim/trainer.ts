@@ -43,12 +43,13 @@ function unit(a: number, b: number): number {
   return (x >>> 0) / 4294967296;
 }
 
-const num = (v: unknown, fallback: number): number => (typeof v === 'number' && Number.isFinite(v) ? v : fallback);
+const num = (v: unknown, fallback: number): number =>
+  typeof v === 'number' && Number.isFinite(v) ? v : fallback;
 
 const KNOWN = new Set(['lr', 'learningRate', 'batchSize', 'momentum', 'weightDecay']);
 
 export function simInit(params: Readonly<Record<string, unknown>>): SimState {
-  const seed = hash32(String(params.seed ?? 0));
+  const seed = hash32(JSON.stringify(params.seed ?? 0));
   return { step: 0, loss: 2.3 + 0.05 * unit(seed, -1), seed };
 }
 
