@@ -120,12 +120,15 @@ export class Engine {
   private nextTask = 1;
   private nextWorker = 1;
   private readonly workers = new Map<WorkerId, WorkerState>();
+  /** Ids of alive workers with no task. */
+  private readonly idle = new Set<WorkerId>();
   private readonly gpuUsed: number[];
   private readonly running = new Map<TaskId, Running>();
   private readonly runningStages = new Map<StageId, TaskId>();
   /** Keys of saved states (see `stateKey`). */
   private readonly checkpoints = new Set<CheckpointKey>();
   private readonly keys = new Map<StageId, CheckpointKey>();
+  private readonly costs = new Map<StageId, number>();
   private readonly paused = new Set<TrialId>();
   /** Running tasks whose stage was split by a trial added while they ran. */
   private readonly stale = new Set<Running>();
@@ -335,13 +338,20 @@ export class Engine {
     }
   }
 
+  /** Estimated seconds of a stage (cached: a stage's range and values never change). */
   private stepCost(s: Stage): number {
-    return (s.end - s.start) * this.options.cost.stepSeconds(stageValues(this.tree, s.id));
+    let c = this.costs.get(s.id);
+    if (c === undefined) {
+      c = (s.end - s.start) * this.options.cost.stepSeconds(stageValues(this.tree, s.id));
+      this.costs.set(s.id, c);
+    }
+    return c;
   }
 
   /** Places what it can; 'stuck' when ready stages exist but none could be placed on an idle cluster. */
   private placeReady(): 'ok' | 'stuck' {
-    const ready = readyStages(this.tree).filter((s) => !this.isRunning(s));
+    if (!this.hasRoom()) return 'ok';
+    const ready = readyStages(this.tree, { sorted: false }).filter((s) => !this.isRunning(s));
     if (ready.length === 0) return 'ok';
     const ordered = orderReady(this.tree, ready, (s) => this.stepCost(s));
     let placedAny = false;
@@ -353,9 +363,7 @@ export class Engine {
   }
 
   private hasRoom(): boolean {
-    if (this.workers.size < this.options.maxWorkers) return true;
-    for (const w of this.workers.values()) if (w.busy === null) return true;
-    return false;
+    return this.workers.size < this.options.maxWorkers || this.idle.size > 0;
   }
 
   private isRunning(s: Stage): boolean {
@@ -437,15 +445,21 @@ export class Engine {
     return this.checkpoints.has(this.keyOf(id));
   }
 
+  /** Views of the idle workers (the only ones placement can choose). */
   private workerViews(): WorkerView[] {
-    return [...this.workers.values()].map((w) => ({
+    const out: WorkerView[] = [];
+    for (const id of this.idle) {
+      const w = this.workers.get(id) as WorkerState;
+      out.push({
       id: w.id,
       gpu: w.gpu,
       busy: w.busy !== null,
       holds: w.holds,
-      holdsNeeded: w.holds !== null && !this.saved(w.holds) && this.stateNeeded(w.holds, null),
+      holdsNeeded: () => w.holds !== null && !this.saved(w.holds) && this.stateNeeded(w.holds, null),
       lineage: w.lineage,
-    }));
+      });
+    }
+    return out;
   }
 
   private gpuViews(): GpuView[] {
@@ -463,13 +477,17 @@ export class Engine {
     const parent = s.parent as StageId;
     const placement = place({ parent, share, lineage }, this.workerViews(), this.gpuViews(), {
       maxWorkers: this.options.maxWorkers,
+      liveWorkers: this.workers.size,
     });
     if (!placement) return false;
 
     let worker: WorkerState;
     let startProcess = false;
     if (placement.kind === 'cold') {
-      if (placement.replace !== null) this.workers.delete(placement.replace);
+      if (placement.replace !== null) {
+        this.workers.delete(placement.replace);
+        this.idle.delete(placement.replace);
+      }
       worker = {
         id: `w${this.nextWorker++}`,
         gpu: placement.gpu,
@@ -541,6 +559,7 @@ export class Engine {
       share,
     };
     worker.busy = task.id;
+    this.idle.delete(worker.id);
     worker.holds = null;
     worker.lineage = lineage;
     this.gpuUsed[worker.gpu] = (this.gpuUsed[worker.gpu] ?? 0) + share;
@@ -574,7 +593,10 @@ export class Engine {
     this.stale.delete(r);
     if (this.runningStages.get(r.stage) === r.task.id) this.runningStages.delete(r.stage);
     const worker = this.workers.get(r.task.worker);
-    if (worker) worker.busy = null;
+    if (worker) {
+      worker.busy = null;
+      this.idle.add(worker.id);
+    }
     this.gpuUsed[r.task.gpu] = Math.max(0, (this.gpuUsed[r.task.gpu] ?? 0) - r.task.share);
   }
 

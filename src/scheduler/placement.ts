@@ -18,8 +18,11 @@ export interface WorkerView {
   readonly busy: boolean;
   /** The stage whose end state the worker holds in memory, if any. */
   readonly holds: string | null;
-  /** True when the held state is needed later and not checkpointed (moving on costs a save). */
-  readonly holdsNeeded: boolean;
+  /**
+   * Whether the held state is needed later and not checkpointed (moving on costs a
+   * save). A function: it is asked only of the few workers placement considers.
+   */
+  readonly holdsNeeded: () => boolean;
   /** The trial lineage the process belongs to (trial-based mode), or null. */
   readonly lineage: string | null;
 }
@@ -40,6 +43,8 @@ export interface PlacementRequest {
 export interface PlacementLimits {
   /** The most worker processes alive at once. */
   readonly maxWorkers: number;
+  /** Worker processes alive now (busy or idle). */
+  readonly liveWorkers: number;
 }
 
 export type Placement =
@@ -49,6 +54,7 @@ export type Placement =
 const fits = (g: GpuView | undefined, share: number): boolean =>
   g !== undefined && g.used + share <= 1 + EPS;
 
+/** `workers` may list only the idle workers: busy ones are never chosen. */
 export function place(
   req: PlacementRequest,
   workers: readonly WorkerView[],
@@ -61,16 +67,16 @@ export function place(
   const hot = idle.find((w) => w.holds === req.parent && sameLineage(w));
   if (hot) return { kind: 'hot', worker: hot.id, gpu: hot.gpu };
 
-  const warm = idle
-    .filter(sameLineage)
-    .sort((a, b) => Number(a.holdsNeeded) - Number(b.holdsNeeded) || (a.id < b.id ? -1 : 1));
-  if (warm[0]) return { kind: 'warm', worker: warm[0].id, gpu: warm[0].gpu };
+  // Warm: the first (by id) whose state nobody needs, else the first.
+  const warm = idle.filter(sameLineage).sort((a, b) => (a.id < b.id ? -1 : 1));
+  const pick = warm.find((w) => w.holds === null || !w.holdsNeeded()) ?? warm[0];
+  if (pick) return { kind: 'warm', worker: pick.id, gpu: pick.gpu };
 
   // Best fit: the GPU with the least free share that still fits.
   const candidates = gpus
     .filter((g) => fits(g, req.share))
     .sort((a, b) => b.used - a.used || a.index - b.index);
-  if (workers.length < limits.maxWorkers) {
+  if (limits.liveWorkers < limits.maxWorkers) {
     const g = candidates[0];
     return g ? { kind: 'cold', gpu: g.index, replace: null } : null;
   }

@@ -135,3 +135,13 @@ export function* shardKeys<T>(map: Shards<T>): Generator<string> {
   }
   for (const sub of map.b ?? []) if (sub) yield* shardKeys(sub);
 }
+
+/** All keys, as an array (faster than iterating `shardKeys`). */
+export function shardKeyList<T>(map: Shards<T>, out: string[] = []): string[] {
+  if (map.k) {
+    for (const k of map.k) out.push(k);
+    return out;
+  }
+  for (const sub of map.b ?? []) if (sub) shardKeyList(sub, out);
+  return out;
+}

@@ -4,7 +4,7 @@ import type { Draft } from 'immer';
 import { ConflictError, NotFoundError, ValidationError } from '../errors.js';
 import { firstDiff, hashText, prefixKey, splice, valueAt } from '../schedule/index.js';
 import type { Canonical, Value } from '../schedule/index.js';
-import { emptyShards, shardDelete, shardGet, shardKeys, shardSet, shardValues } from './shards.js';
+import { emptyShards, shardDelete, shardGet, shardKeyList, shardSet, shardValues } from './shards.js';
 import type { Shards } from './shards.js';
 import type {
   ForkInput,
@@ -543,11 +543,11 @@ export function rootIds(tree: StageTree): StageId[] {
   return Object.values(tree.roots).sort();
 }
 
-/** Stages that are demanded, not done, and whose parent is done; sorted by id. */
-export function readyStages(tree: StageTree): Stage[] {
+/** Stages that are demanded, not done, and whose parent is done; sorted by id unless `sorted: false`. */
+export function readyStages(tree: StageTree, options: { sorted?: boolean } = {}): Stage[] {
   const out: Stage[] = [];
-  for (const id of shardKeys(tree.ready)) out.push(getStage(tree, id));
-  return out.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+  for (const id of shardKeyList(tree.ready)) out.push(getStage(tree, id));
+  return options.sorted === false ? out : out.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
 }
 
 export function isDemanded(tree: StageTree, id: StageId): boolean {
