@@ -451,12 +451,13 @@ export class Engine {
     for (const id of this.idle) {
       const w = this.workers.get(id) as WorkerState;
       out.push({
-      id: w.id,
-      gpu: w.gpu,
-      busy: w.busy !== null,
-      holds: w.holds,
-      holdsNeeded: () => w.holds !== null && !this.saved(w.holds) && this.stateNeeded(w.holds, null),
-      lineage: w.lineage,
+        id: w.id,
+        gpu: w.gpu,
+        busy: w.busy !== null,
+        holds: w.holds,
+        holdsNeeded: () =>
+          w.holds !== null && !this.saved(w.holds) && this.stateNeeded(w.holds, null),
+        lineage: w.lineage,
       });
     }
     return out;

@@ -83,7 +83,8 @@ export function place(
   // No process budget left: replace an idle process of another lineage whose state nobody
   // needs (its trial finished, or its state is checkpointed).
   const victim = idle
-    .filter((w) => !sameLineage(w) && !w.holdsNeeded)
-    .sort((a, b) => (a.id < b.id ? -1 : 1))[0];
+    .filter((w) => !sameLineage(w))
+    .sort((a, b) => (a.id < b.id ? -1 : 1))
+    .find((w) => !w.holdsNeeded());
   return victim ? { kind: 'cold', gpu: victim.gpu, replace: victim.id } : null;
 }

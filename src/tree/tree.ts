@@ -4,7 +4,14 @@ import type { Draft } from 'immer';
 import { ConflictError, NotFoundError, ValidationError } from '../errors.js';
 import { firstDiff, hashText, prefixKey, splice, valueAt } from '../schedule/index.js';
 import type { Canonical, Value } from '../schedule/index.js';
-import { emptyShards, shardDelete, shardGet, shardKeyList, shardSet, shardValues } from './shards.js';
+import {
+  emptyShards,
+  shardDelete,
+  shardGet,
+  shardKeyList,
+  shardSet,
+  shardValues,
+} from './shards.js';
 import type { Shards } from './shards.js';
 import type {
   ForkInput,
@@ -547,7 +554,9 @@ export function rootIds(tree: StageTree): StageId[] {
 export function readyStages(tree: StageTree, options: { sorted?: boolean } = {}): Stage[] {
   const out: Stage[] = [];
   for (const id of shardKeyList(tree.ready)) out.push(getStage(tree, id));
-  return options.sorted === false ? out : out.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+  return options.sorted === false
+    ? out
+    : out.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
 }
 
 export function isDemanded(tree: StageTree, id: StageId): boolean {
