@@ -51,6 +51,8 @@ export interface EngineOptions {
   readonly share: (values: Readonly<Record<string, unknown>>) => number;
   /** Estimated step cost, for critical-path priority. */
   readonly cost: CostModel;
+  /** Save a safety checkpoint whenever a stage crosses a multiple of this many steps. */
+  readonly checkpointEvery: number | null;
 }
 
 /** What the engine asks of the worker pool after an event. */
@@ -129,6 +131,12 @@ export class Engine {
   private readonly checkpoints = new Set<CheckpointKey>();
   private readonly keys = new Map<StageId, CheckpointKey>();
   private readonly costs = new Map<StageId, number>();
+  /** The metric at each trained state (by state key). */
+  private readonly metricAt = new Map<CheckpointKey, number>();
+  /** `trial@step` of every metric event given to the tuner. */
+  private readonly delivered = new Set<string>();
+  /** Trials added or extended since the last check for already-trained report points. */
+  private readonly unreported: TrialId[] = [];
   private readonly paused = new Set<TrialId>();
   /** Running tasks whose stage was split by a trial added while they ran. */
   private readonly stale = new Set<Running>();
@@ -259,6 +267,7 @@ export class Engine {
     });
     this.active++;
     this.noteSplits();
+    this.unreported.push(id);
     this.log.push({ t: this.now, kind: 'propose', trial: id, spec });
     return id;
   }
@@ -275,6 +284,7 @@ export class Engine {
     this.tree = forkTrial(this.tree, { id, source, at, schedules, until, reports });
     this.active++;
     this.noteSplits();
+    this.unreported.push(id);
     this.log.push({ t: this.now, kind: 'fork', trial: id, source, at, schedules, until, reports });
     return id;
   }
@@ -284,6 +294,7 @@ export class Engine {
     this.tree = extendTrial(this.tree, trial, until, reports);
     this.paused.delete(trial);
     this.noteSplits();
+    this.unreported.push(trial);
     this.log.push({ t: this.now, kind: 'extend', trial, until, reports });
   }
 
@@ -321,6 +332,8 @@ export class Engine {
   /** Places ready stages; when nothing runs or is ready, asks the tuner, else ends. */
   private schedule(): void {
     for (let idle = 0; ;) {
+      if (this.finished) return;
+      this.reportTrained();
       if (this.finished) return;
       const placed = this.placeReady();
       if (this.running.size > 0) return;
@@ -544,7 +557,9 @@ export class Engine {
         const trial = getTrial(this.tree, t);
         return trial.until === s.end && trial.until < this.study.steps;
       });
-    const saveAfter = trialBasedPause ? this.keyOf(s.id) : null;
+    const every = this.options.checkpointEvery;
+    const safety = every !== null && Math.floor(s.end / every) > Math.floor(s.start / every);
+    const saveAfter = (trialBasedPause || safety) && !this.saved(s.id) ? this.keyOf(s.id) : null;
     if (saveAfter !== null) this.stats.checkpointsSaved++;
 
     const runs: StageRun[] = chain.map((c) => this.stageRun(c));
@@ -624,15 +639,39 @@ export class Engine {
   }
 
   private deliver(stage: StageId, metric: number): void {
+    this.metricAt.set(this.keyOf(stage), metric);
     const end = getStage(this.tree, stage).end;
-    for (const t of reportsAt(this.tree, stage)) {
-      if (this.finished) return;
+    for (const t of reportsAt(this.tree, stage)) this.report(t, end, metric);
+  }
+
+  /** Gives the tuner one metric event (once per trial and step). */
+  private report(t: TrialId, step: number, metric: number): void {
+    if (this.finished) return;
+    const trial = getTrial(this.tree, t);
+    const key = `${t}@${step}`;
+    if (trial.status !== 'active' || this.delivered.has(key)) return;
+    this.delivered.add(key);
+    const paused = trial.until === step;
+    if (paused) this.paused.add(t);
+    this.log.push({ t: this.now, kind: 'metric', trial: t, step, value: metric });
+    this.tuner.onMetric(this.ctx, { trial: t, step, value: metric, paused });
+  }
+
+  /**
+   * Trials added or extended over stages that are already trained (another trial with the
+   * same prefix got there first) get those metrics at once, at no cost: the merge at work.
+   */
+  private reportTrained(): void {
+    while (this.unreported.length > 0 && !this.finished) {
+      const t = this.unreported.shift() as TrialId;
       const trial = getTrial(this.tree, t);
       if (trial.status !== 'active') continue;
-      const paused = trial.until === end;
-      if (paused) this.paused.add(t);
-      this.log.push({ t: this.now, kind: 'metric', trial: t, step: end, value: metric });
-      this.tuner.onMetric(this.ctx, { trial: t, step: end, value: metric, paused });
+      const wanted = new Set(trial.reports);
+      for (const s of pathOf(this.tree, t)) {
+        if (!wanted.has(s.end) || !s.done) continue;
+        const metric = this.metricAt.get(this.keyOf(s.id));
+        if (metric !== undefined) this.report(t, s.end, metric);
+      }
     }
   }
 

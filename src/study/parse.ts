@@ -10,7 +10,8 @@ import {
   type TemplateNode,
 } from './domain.js';
 import { DOMAIN_KINDS, METRIC_MODES, TRAINER_KINDS, TUNER_KINDS } from './types.js';
-import type { Study, TrainerSpec, TunerSpec } from './types.js';
+import { lookupBy } from './types.js';
+import type { ByHyperparameter, Study, TrainerSpec, TunerSpec } from './types.js';
 
 /*
  * The structure is checked by a zod schema in which every node carries the phrase a user
@@ -144,6 +145,12 @@ const trainerSchema = z.discriminatedUnion(
       startSeconds: nonNegative().default(0),
       saveSeconds: nonNegative().default(0),
       loadSeconds: nonNegative().default(0),
+      stepScale: byHyperparameter('a step-time scale').optional(),
+      sharing: z
+        .array(positive(), says('an array of throughputs (numbers > 0), starting with 1'))
+        .min(1, says('an array of throughputs (numbers > 0), starting with 1'))
+        .refine((a) => a[0] === 1, says('an array of throughputs (numbers > 0), starting with 1'))
+        .optional(),
     }),
   ],
   {
@@ -157,7 +164,20 @@ const metricSchema = strict('a metric', {
   mode: z.enum(METRIC_MODES, says(kindOf(METRIC_MODES))),
 });
 
-const resourcesSchema = strict('resources', { gpus: positive() });
+function byHyperparameter(what: string) {
+  return strict(what, {
+    by: nonEmptyString(),
+    values: z.record(z.string(), positive(), says('an object of value -> number > 0')),
+    default: positive(),
+  });
+}
+
+const resourcesSchema = strict('resources', {
+  gpus: z.union([positive(), byHyperparameter('a GPU share by hyperparameter')], {
+    error: 'a number > 0 (at most 1) or {by, values, default}',
+  }),
+  cluster: integerFrom(1).optional(),
+});
 
 const record = (what: string) => z.record(z.string(), z.unknown(), says(`an object of ${what}`));
 
@@ -172,6 +192,7 @@ const studySchema = strict('a study', {
   trainer: trainerSchema,
   resources: resourcesSchema.default(() => ({ gpus: 1 })),
   workers: integerFrom(1).default(1),
+  checkpointEvery: integerFrom(1).optional(),
 });
 
 /** The value found at `path` in `input` (undefined where there is none). */
@@ -402,7 +423,21 @@ function toTrainer(t: z.output<typeof trainerSchema>): TrainerSpec {
     startSeconds: t.startSeconds,
     saveSeconds: t.saveSeconds,
     loadSeconds: t.loadSeconds,
+    stepScale: t.stepScale ?? null,
+    sharing: t.sharing ?? [1, 1.95, 2.15, 2.3],
   };
+}
+
+function checkShare(gpus: number | ByHyperparameter): void {
+  const check = (v: number, path: (string | number)[]): void => {
+    if (v > 1)
+      throw new ValidationError(path, 'a GPU share in (0, 1] (one stage runs on one GPU)', v);
+  };
+  if (typeof gpus === 'number') check(gpus, ['resources', 'gpus']);
+  else {
+    check(gpus.default, ['resources', 'gpus', 'default']);
+    for (const [k, v] of Object.entries(gpus.values)) check(v, ['resources', 'gpus', 'values', k]);
+  }
 }
 
 /**
@@ -421,6 +456,7 @@ export function parseStudy(json: unknown): Study {
     throw new ValidationError('evalEvery', `an integer from 1 to steps (${s.steps})`, s.evalEvery);
   }
   const tuner = toTuner(s.tuner, s);
+  checkShare(s.resources.gpus);
   if (Object.hasOwn(s.space, '')) {
     throw new ValidationError('space', 'non-empty hyperparameter names', s.space);
   }
@@ -445,7 +481,13 @@ export function parseStudy(json: unknown): Study {
     tuner,
     metric: { name: s.metric.name, mode: s.metric.mode },
     trainer: toTrainer(s.trainer),
-    resources: { gpus: s.resources.gpus },
+    resources: {
+      gpus: s.resources.gpus,
+      cluster:
+        s.resources.cluster ??
+        Math.max(1, Math.ceil(s.workers * lookupBy(s.resources.gpus, {}) - 1e-9)),
+    },
     workers: s.workers,
+    checkpointEvery: s.checkpointEvery ?? null,
   };
 }

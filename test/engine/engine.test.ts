@@ -2,8 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { ExecutionMode, accountLog, replay } from '../../src/engine/index.js';
 import type { LogEntry } from '../../src/engine/index.js';
 import { treeStats } from '../../src/tree/index.js';
-import { clusterGpus, simCosts, simulate } from '../../src/workers/sim/index.js';
-import type { Study } from '../../src/study/index.js';
+import { engineOptions, simulate } from '../../src/workers/sim/index.js';
 import { gridTuner, scriptedTuner, smallStudy, spec } from '../support/sim-study.js';
 
 const metrics = (log: readonly LogEntry[]): string[] =>
@@ -11,17 +10,6 @@ const metrics = (log: readonly LogEntry[]): string[] =>
     .filter((e): e is Extract<LogEntry, { kind: 'metric' }> => e.kind === 'metric')
     .map((e) => `${e.trial}@${e.step}=${e.value}`)
     .sort();
-
-function engineOptions(study: Study, mode: ExecutionMode) {
-  const costs = simCosts(study);
-  return {
-    mode,
-    gpus: clusterGpus(study),
-    maxWorkers: study.workers,
-    share: () => Math.min(1, study.resources.gpus),
-    cost: { stepSeconds: (values: Readonly<Record<string, unknown>>) => costs.stepSeconds(values) },
-  };
-}
 
 describe('engine on simulated workers', () => {
   it('trains every unique step once and reports every metric', () => {
@@ -147,5 +135,59 @@ describe('engine on simulated workers', () => {
     const r = simulate(study, ExecutionMode.stageTree, tuner);
     expect(r.stats.stepsTrained).toBe(20 + 10 + 10);
     expect(metrics(r.log).filter((m) => m.startsWith('t2@'))).toHaveLength(1);
+  });
+
+  it('reports at once, at no cost, to a trial whose steps another trial already trained', () => {
+    const study = smallStudy({ workers: 1 });
+    let again = false;
+    const tuner = scriptedTuner({
+      start(ctx) {
+        ctx.propose(spec(0.1, 20, [10]));
+      },
+      onIdle(ctx) {
+        if (!again) {
+          again = true;
+          ctx.propose(spec(0.1, 10));
+        }
+      },
+    });
+    const r = simulate(study, ExecutionMode.stageTree, tuner);
+    expect(r.stats.stagesRun).toBe(2);
+    const got = metrics(r.log);
+    expect(got.filter((m) => m.startsWith('t2@10='))).toEqual(
+      got.filter((m) => m.startsWith('t1@10=')).map((m) => m.replace('t1', 't2')),
+    );
+  });
+
+  it('packs stages onto GPUs by a share that depends on the batch size', () => {
+    const study = smallStudy({
+      workers: 4,
+      resources: { gpus: { by: 'batchSize', values: { '128': 0.5 }, default: 1 }, cluster: 1 },
+    });
+    const tuner = scriptedTuner({
+      start(ctx) {
+        ctx.propose(spec(0.1, 10));
+        ctx.propose(spec(0.2, 10));
+      },
+    });
+    const r = simulate(study, ExecutionMode.stageTree, tuner);
+    const tasks = r.log.filter((e) => e.kind === 'task');
+    // Both half-GPU stages run at once on the one GPU, each slowed by the sharing curve.
+    expect(tasks.map((e) => (e.kind === 'task' ? [e.t, e.task.gpu, e.task.share] : []))).toEqual([
+      [0, 0, 0.5],
+      [0, 0, 0.5],
+    ]);
+    expect(r.makespanSeconds).toBeCloseTo(5 + (10 * 2 * 2) / 1.95, 9);
+  });
+
+  it('saves a safety checkpoint where a stage crosses the study interval', () => {
+    const study = smallStudy({ workers: 1, checkpointEvery: 15 });
+    const r = simulate(
+      study,
+      ExecutionMode.stageTree,
+      scriptedTuner({ start: (ctx) => void ctx.propose(spec(0.1, 40, [10, 20, 30])) }),
+    );
+    // Stages [0,10) [10,20) [20,30) [30,40): the ones crossing 15 and 30 save.
+    expect(r.stats.checkpointsSaved).toBe(2);
   });
 });

@@ -48,6 +48,7 @@ class Real {
       maxWorkers: 3,
       share: () => 1,
       cost: { stepSeconds: () => 2 },
+      checkpointEvery: null,
     });
   }
 

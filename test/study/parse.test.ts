@@ -1,6 +1,6 @@
 import { describe, expect, test } from 'vitest';
 import { ErrorCode, ValidationError } from '../../src/errors.js';
-import { gridConfigs, parseStudy } from '../../src/study/index.js';
+import { gridConfigs, lookupBy, parseStudy } from '../../src/study/index.js';
 import { resnetStudy, studyWith } from './fixtures.js';
 
 /** Parses `input` expecting a ValidationError; returns it. */
@@ -24,17 +24,49 @@ function edited(edit: (s: Json, parts: { trainer: Json; metric: Json }) => unkno
 }
 
 describe('parseStudy: good studies', () => {
+  test('takes GPU shares and step costs by hyperparameter, a cluster size and safety checkpoints', () => {
+    const study = parseStudy(
+      edited((s, { trainer }) => {
+        s.resources = { gpus: { by: 'batchSize', values: { '128': 0.25, '512': 1 }, default: 0.5 }, cluster: 3 };
+        s.checkpointEvery = 50;
+        trainer.stepScale = { by: 'batchSize', values: { '512': 0.4 }, default: 1 };
+        trainer.sharing = [1, 1.8];
+      }),
+    );
+    expect(lookupBy(study.resources.gpus, { batchSize: 128 })).toBe(0.25);
+    expect(lookupBy(study.resources.gpus, { batchSize: 256 })).toBe(0.5);
+    expect(study.resources.cluster).toBe(3);
+    expect(study.checkpointEvery).toBe(50);
+    expect(study.trainer.sharing).toEqual([1, 1.8]);
+    expect(study.trainer.stepScale).toEqual({ by: 'batchSize', values: { '512': 0.4 }, default: 1 });
+  });
+
+  test('rejects a GPU share above one GPU and a sharing curve not starting at 1', () => {
+    expect(() => parseStudy(edited((s) => void (s.resources = { gpus: 2 })))).toThrow(
+      'resources.gpus: expected a GPU share in (0, 1] (one stage runs on one GPU), got 2 (number)',
+    );
+    expect(() =>
+      parseStudy(edited((s) => void (s.resources = { gpus: { by: 'bs', values: { '1': 3 }, default: 1 } }))),
+    ).toThrow('resources.gpus.values.1: expected a GPU share in (0, 1]');
+    expect(() => parseStudy(edited((_s, { trainer }) => void (trainer.sharing = [2, 3])))).toThrow(
+      /trainer.sharing: expected an array of throughputs/,
+    );
+  });
+
   test('applies defaults', () => {
     const study = parseStudy(resnetStudy());
-    expect(study.resources).toEqual({ gpus: 1 });
+    expect(study.resources).toEqual({ gpus: 1, cluster: 1 });
     expect(study.workers).toBe(1);
     expect(study.evalEvery).toBe(180);
+    expect(study.checkpointEvery).toBeNull();
     expect(study.trainer).toEqual({
       kind: 'sim',
       stepSeconds: 3.4,
       startSeconds: 0,
       saveSeconds: 0,
       loadSeconds: 0,
+      stepScale: null,
+      sharing: [1, 1.95, 2.15, 2.3],
     });
     expect(study.params).toEqual({
       model: 'resnet20',
@@ -68,7 +100,8 @@ describe('parseStudy: good studies', () => {
       }),
     );
     expect(study.evalEvery).toBe(10);
-    expect(study.resources).toEqual({ gpus: 0.5 });
+    // 4 trainers of half a GPU: 2 GPUs.
+    expect(study.resources).toEqual({ gpus: 0.5, cluster: 2 });
     expect(study.workers).toBe(4);
     expect(study.tuner).toEqual({ kind: 'random', trials: 20, seed: -7 });
     expect(study.trainer).toMatchObject({ startSeconds: 5.3, loadSeconds: 0.03 });
@@ -117,12 +150,12 @@ describe('parseStudy: bad input names the field', () => {
     [
       'a study that is not an object',
       42,
-      '(root): expected a study object {name, params, space, steps, evalEvery, tuner, metric, trainer, resources, workers}, got 42 (number)',
+      '(root): expected a study object {name, params, space, steps, evalEvery, tuner, metric, trainer, resources, workers, checkpointEvery}, got 42 (number)',
     ],
     [
       'an unknown top-level field',
       edited((s) => (s.trials = 3)),
-      'trials: expected no such field (a study takes name, params, space, steps, evalEvery, tuner, metric, trainer, resources, workers), got 3 (number)',
+      'trials: expected no such field (a study takes name, params, space, steps, evalEvery, tuner, metric, trainer, resources, workers, checkpointEvery), got 3 (number)',
     ],
     [
       'an unknown tuner field, reported before the missing one it misspells',
@@ -132,7 +165,7 @@ describe('parseStudy: bad input names the field', () => {
     [
       'an unknown trainer field',
       edited((_, p) => (p.trainer.warmupSeconds = 1)),
-      'trainer.warmupSeconds: expected no such field (a sim trainer takes kind, stepSeconds, startSeconds, saveSeconds, loadSeconds), got 1 (number)',
+      'trainer.warmupSeconds: expected no such field (a sim trainer takes kind, stepSeconds, startSeconds, saveSeconds, loadSeconds, stepScale, sharing), got 1 (number)',
     ],
     [
       'an unknown metric field',

@@ -1,10 +1,4 @@
-export {
-  DEFAULT_SHARING,
-  clusterGpus,
-  makespanLowerBound,
-  simCosts,
-  simulate,
-} from './simulate.js';
+export { engineOptions, clusterGpus, makespanLowerBound, simCosts, simulate } from './simulate.js';
 export type { SimulationResult } from './simulate.js';
 export { SimPool } from './pool.js';
 export type { SimCosts, SimOutcome } from './pool.js';

@@ -1,5 +1,13 @@
 import { Engine } from '../../engine/index.js';
-import type { EngineStats, ExecutionMode, LogEntry, Task, TaskId } from '../../engine/index.js';
+import type {
+  EngineOptions,
+  EngineStats,
+  ExecutionMode,
+  LogEntry,
+  Task,
+  TaskId,
+} from '../../engine/index.js';
+import { lookupBy } from '../../study/index.js';
 import type { Study } from '../../study/index.js';
 import { allStages, getStage, stageValues } from '../../tree/index.js';
 import type { StageTree } from '../../tree/index.js';
@@ -8,9 +16,6 @@ import type { Tuner } from '../../tuner/index.js';
 import { EventHeap } from './heap.js';
 import { SimPool } from './pool.js';
 import type { SimCosts } from './pool.js';
-
-/** Measured on one H100: 2 ResNet-20 trainers give 1.95x the throughput of one, 4 give 2.3x. */
-export const DEFAULT_SHARING = [1, 1.95, 2.15, 2.3] as const;
 
 export interface SimulationResult {
   readonly mode: ExecutionMode;
@@ -28,18 +33,32 @@ export interface SimulationResult {
 /** The costs of a study's `sim` trainer. */
 export function simCosts(study: Study): SimCosts {
   const trainer = study.trainer;
+  const scale = trainer.stepScale;
   return {
-    stepSeconds: () => trainer.stepSeconds,
+    stepSeconds: (values) => trainer.stepSeconds * (scale ? lookupBy(scale, values) : 1),
     startSeconds: trainer.startSeconds,
     saveSeconds: trainer.saveSeconds,
     loadSeconds: trainer.loadSeconds,
-    sharing: DEFAULT_SHARING,
+    sharing: trainer.sharing,
   };
 }
 
-/** GPUs of the simulated cluster: enough for `workers` trainers of `resources.gpus` each. */
+/** GPUs of the simulated cluster (`resources.cluster`). */
 export function clusterGpus(study: Study): number {
-  return Math.max(1, Math.ceil(study.workers * study.resources.gpus - 1e-9));
+  return study.resources.cluster;
+}
+
+/** The engine options of a study: its cluster, worker budget, GPU shares and step costs. */
+export function engineOptions(study: Study, mode: ExecutionMode): EngineOptions {
+  const costs = simCosts(study);
+  return {
+    mode,
+    gpus: clusterGpus(study),
+    maxWorkers: study.workers,
+    share: (values) => lookupBy(study.resources.gpus, values),
+    cost: { stepSeconds: (values) => costs.stepSeconds(values) },
+    checkpointEvery: study.checkpointEvery,
+  };
 }
 
 /**
@@ -53,14 +72,7 @@ export function simulate(
 ): SimulationResult {
   const costs = simCosts(study);
   const gpus = clusterGpus(study);
-  const share = Math.min(1, study.resources.gpus);
-  const engine = new Engine(study, tuner, {
-    mode,
-    gpus,
-    maxWorkers: study.workers,
-    share: () => share,
-    cost: { stepSeconds: (values) => costs.stepSeconds(values) },
-  });
+  const engine = new Engine(study, tuner, engineOptions(study, mode));
   const pool = new SimPool(costs, study.metric.mode);
   const heap = new EventHeap<TaskId>();
   const live = new Map<TaskId, { task: Task; started: number; duration: number; metric: number }>();
@@ -127,7 +139,7 @@ export function makespanLowerBound(study: Study, tree: StageTree, gpus: number):
     if (!s.done) continue;
     const sec = (s.end - s.start) * costs.stepSeconds(stageValues(tree, s.id));
     seconds.set(s.id, sec);
-    total += sec * Math.min(1, study.resources.gpus);
+    total += sec * lookupBy(study.resources.gpus, stageValues(tree, s.id));
   }
   let longest = 0;
   const chain = (id: string): number => {
