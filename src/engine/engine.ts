@@ -162,6 +162,10 @@ export class Engine {
     return this.tree;
   }
 
+  private isFinished(): boolean {
+    return this.finished;
+  }
+
   /** True when the study is over and nothing runs. */
   get done(): boolean {
     return this.finished && this.running.size === 0;
@@ -334,7 +338,8 @@ export class Engine {
     for (let idle = 0; ;) {
       if (this.finished) return;
       this.reportTrained();
-      if (this.finished) return;
+      // A tuner may finish the study from a metric callback.
+      if (this.isFinished()) return;
       const placed = this.placeReady();
       if (this.running.size > 0) return;
       if (placed === 'stuck') {

@@ -171,9 +171,9 @@ describe('engine on simulated workers', () => {
       },
     });
     const r = simulate(study, ExecutionMode.stageTree, tuner);
-    const tasks = r.log.filter((e) => e.kind === 'task');
+    const tasks = r.log.filter((e): e is Extract<LogEntry, { kind: 'task' }> => e.kind === 'task');
     // Both half-GPU stages run at once on the one GPU, each slowed by the sharing curve.
-    expect(tasks.map((e) => (e.kind === 'task' ? [e.t, e.task.gpu, e.task.share] : []))).toEqual([
+    expect(tasks.map((e) => [e.t, e.task.gpu, e.task.share])).toEqual([
       [0, 0, 0.5],
       [0, 0, 0.5],
     ]);

@@ -27,7 +27,10 @@ describe('parseStudy: good studies', () => {
   test('takes GPU shares and step costs by hyperparameter, a cluster size and safety checkpoints', () => {
     const study = parseStudy(
       edited((s, { trainer }) => {
-        s.resources = { gpus: { by: 'batchSize', values: { '128': 0.25, '512': 1 }, default: 0.5 }, cluster: 3 };
+        s.resources = {
+          gpus: { by: 'batchSize', values: { '128': 0.25, '512': 1 }, default: 0.5 },
+          cluster: 3,
+        };
         s.checkpointEvery = 50;
         trainer.stepScale = { by: 'batchSize', values: { '512': 0.4 }, default: 1 };
         trainer.sharing = [1, 1.8];
@@ -38,7 +41,11 @@ describe('parseStudy: good studies', () => {
     expect(study.resources.cluster).toBe(3);
     expect(study.checkpointEvery).toBe(50);
     expect(study.trainer.sharing).toEqual([1, 1.8]);
-    expect(study.trainer.stepScale).toEqual({ by: 'batchSize', values: { '512': 0.4 }, default: 1 });
+    expect(study.trainer.stepScale).toEqual({
+      by: 'batchSize',
+      values: { '512': 0.4 },
+      default: 1,
+    });
   });
 
   test('rejects a GPU share above one GPU and a sharing curve not starting at 1', () => {
@@ -46,7 +53,9 @@ describe('parseStudy: good studies', () => {
       'resources.gpus: expected a GPU share in (0, 1] (one stage runs on one GPU), got 2 (number)',
     );
     expect(() =>
-      parseStudy(edited((s) => void (s.resources = { gpus: { by: 'bs', values: { '1': 3 }, default: 1 } }))),
+      parseStudy(
+        edited((s) => void (s.resources = { gpus: { by: 'bs', values: { '1': 3 }, default: 1 } })),
+      ),
     ).toThrow('resources.gpus.values.1: expected a GPU share in (0, 1]');
     expect(() => parseStudy(edited((_s, { trainer }) => void (trainer.sharing = [2, 3])))).toThrow(
       /trainer.sharing: expected an array of throughputs/,
