@@ -371,7 +371,17 @@ export class Engine {
     if (!this.hasRoom()) return 'ok';
     const ready = readyStages(this.tree, { sorted: false }).filter((s) => !this.isRunning(s));
     if (ready.length === 0) return 'ok';
-    const ordered = orderReady(this.tree, ready, (s) => this.stepCost(s));
+    const held = new Set<StageId>();
+    for (const id of this.idle) {
+      const h = (this.workers.get(id) as WorkerState).holds;
+      if (h !== null) held.add(h);
+    }
+    const ordered = orderReady(
+      this.tree,
+      ready,
+      (s) => this.stepCost(s),
+      (s) => s.parent !== null && held.has(s.parent),
+    );
     let placedAny = false;
     for (const s of ordered) {
       if (!this.hasRoom()) break;

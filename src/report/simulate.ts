@@ -2,7 +2,7 @@ import { ExecutionMode } from '../engine/index.js';
 import type { Study } from '../study/index.js';
 import { allStages, allTrials, trialProgress } from '../tree/index.js';
 import type { StageTree } from '../tree/index.js';
-import { makespanLowerBound, simulate } from '../workers/sim/index.js';
+import { makespanLowerBound, precedenceLowerBound, simulate } from '../workers/sim/index.js';
 import type { SimulationResult } from '../workers/sim/index.js';
 
 /** What `stagetree simulate --json` prints. */
@@ -24,6 +24,11 @@ export interface SimulateSummary {
   readonly idealSavings: number;
   /** max(stage work / GPUs, longest trained chain) of the stage-tree run. */
   readonly makespanLowerBoundHours: number;
+  /**
+   * A tighter bound that respects precedence (branches cannot start before their shared
+   * prefix ends): max over t of (t + work deeper than t / GPUs).
+   */
+  readonly makespanPrecedenceBoundHours: number;
   readonly best: { readonly trial: string; readonly metric: number } | null;
   readonly trials: number;
   readonly gpus: number;
@@ -66,6 +71,7 @@ export function simulateStudy(study: Study): Simulation {
     speedup: ratio(tb.makespanSeconds, st.makespanSeconds),
     idealSavings: ratio(steps.trialSteps, steps.treeSteps),
     makespanLowerBoundHours: hours(makespanLowerBound(study, st.tree, st.gpus)),
+    makespanPrecedenceBoundHours: hours(precedenceLowerBound(study, st.tree, st.gpus)),
     best: st.best ? { trial: st.best.trial, metric: Number(st.best.metric.toFixed(6)) } : null,
     trials: st.tree.counts.trials,
     gpus: st.gpus,
@@ -85,7 +91,7 @@ export function renderSimulation(study: Study, sim: Simulation): string {
     `  trial-based ${s.trialBased.gpuHours.toFixed(3).padStart(11)} ${s.trialBased.makespanHours.toFixed(3).padStart(14)}`,
     '',
     `  savings ${s.savings.toFixed(2)}x GPU-hours (ideal ${s.idealSavings.toFixed(2)}x), ${s.speedup.toFixed(2)}x end to end`,
-    `  makespan ${st.makespanHours.toFixed(3)} h vs lower bound ${s.makespanLowerBoundHours.toFixed(3)} h`,
+    `  makespan ${st.makespanHours.toFixed(3)} h vs lower bounds ${s.makespanLowerBoundHours.toFixed(3)} h (work / GPUs, longest path) and ${s.makespanPrecedenceBoundHours.toFixed(3)} h (with precedence)`,
     `  stage tree ran ${st.stagesRun} stages, ${st.processStarts} process starts, ${st.checkpointsSaved} checkpoints saved, ${st.checkpointsLoaded} loaded`,
     s.best
       ? `  best: ${s.best.trial} with ${study.metric.name} = ${s.best.metric}`

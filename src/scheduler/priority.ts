@@ -28,14 +28,25 @@ export function criticalPath(
   return total;
 }
 
-/** Ready stages in the order to place them: longest critical path first, then by id. */
+/**
+ * Ready stages in the order to place them: longest critical path first; among equal
+ * paths (within a millionth), a stage whose parent state an idle worker holds in memory
+ * (`hot`) first, so that a worker continues its own line instead of trading states with
+ * another through a save and a load; then by id.
+ */
 export function orderReady(
   tree: StageTree,
   ready: readonly Stage[],
   cost: (s: Stage) => number,
+  hot: (s: Stage) => boolean = () => false,
 ): Stage[] {
   const memo = new Map<StageId, number>();
-  const keyed = ready.map((s) => ({ s, p: criticalPath(tree, s.id, cost, memo) }));
-  keyed.sort((a, b) => b.p - a.p || (a.s.id < b.s.id ? -1 : a.s.id > b.s.id ? 1 : 0));
+  const keyed = ready.map((s) => ({ s, p: criticalPath(tree, s.id, cost, memo), hot: hot(s) }));
+  keyed.sort((a, b) => {
+    const scale = Math.max(Math.abs(a.p), Math.abs(b.p), 1e-12);
+    if (Math.abs(a.p - b.p) > 1e-6 * scale) return b.p - a.p;
+    if (a.hot !== b.hot) return a.hot ? -1 : 1;
+    return a.s.id < b.s.id ? -1 : a.s.id > b.s.id ? 1 : 0;
+  });
   return keyed.map((k) => k.s);
 }

@@ -34,7 +34,7 @@ import type {
 
 export function emptyTree(): StageTree {
   return Object.freeze({
-    roots: Object.freeze({}),
+    roots: emptyShards<StageId>(),
     stages: emptyShards<Stage>(),
     trials: emptyShards<TrialRecord>(),
     ready: emptyShards<true>(),
@@ -335,10 +335,10 @@ class Editor {
     const cuts =
       extraCut !== undefined && extraCut > 0 ? [...new Set([...reports, extraCut])] : reports;
     cuts.sort((x, y) => x - y);
-    let rootId = this.roots[mergeKey];
+    let rootId = shardGet(this.roots, mergeKey);
     if (rootId === undefined) {
       rootId = rootIdOf(mergeKey);
-      this.roots = Object.freeze({ ...this.roots, [mergeKey]: rootId });
+      this.roots = shardSet(this.roots, mergeKey, rootId);
       this.putStage(
         freeze<Stage>({
           id: rootId,
@@ -547,7 +547,9 @@ export function* allTrials(tree: StageTree): Generator<TrialRecord> {
 }
 
 export function rootIds(tree: StageTree): StageId[] {
-  return Object.values(tree.roots).sort();
+  return shardKeyList(tree.roots)
+    .map((k) => shardGet(tree.roots, k) as StageId)
+    .sort();
 }
 
 /** Stages that are demanded, not done, and whose parent is done; sorted by id unless `sorted: false`. */

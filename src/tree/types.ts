@@ -77,7 +77,7 @@ export interface Stage {
 
 export interface StageTree {
   /** Root stage of each merge key. */
-  readonly roots: Readonly<Record<string, StageId>>;
+  readonly roots: Shards<StageId>;
   readonly stages: Shards<Stage>;
   readonly trials: Shards<TrialRecord>;
   /** Ids of ready stages: demanded, not done, parent done. */

@@ -1,7 +1,14 @@
 import fc from 'fast-check';
 import { canonicalize, parseSchedule, valueAt } from '../../src/schedule/index.js';
 import type { Canonical } from '../../src/schedule/index.js';
-import { allStages, allTrials, childrenOf, mergeKeyOf, reportsAt } from '../../src/tree/index.js';
+import {
+  allStages,
+  allTrials,
+  childrenOf,
+  mergeKeyOf,
+  reportsAt,
+  rootIds,
+} from '../../src/tree/index.js';
 import type { StageTree, TrialInput } from '../../src/tree/index.js';
 import { canonical } from './arbitraries.js';
 
@@ -64,7 +71,7 @@ export function snapshot(tree: StageTree): unknown {
     .map((t) => ({ id: t.id, leaf: t.leaf, until: t.until, status: t.status }))
     .sort((a, b) => (a.id < b.id ? -1 : 1));
   return {
-    roots: Object.values(tree.roots).sort(),
+    roots: rootIds(tree),
     stages,
     trials,
     counts: { stages: tree.counts.stages, trials: tree.counts.trials },

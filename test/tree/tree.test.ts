@@ -14,6 +14,7 @@ import {
   pathOf,
   readyStages,
   reportsAt,
+  rootIds,
   remainingPath,
   remainingWork,
   stageValues,
@@ -135,7 +136,7 @@ describe('StageTree', () => {
     let tree = insertTrial(emptyTree(), trial('a', [100]));
     tree = insertTrial(tree, { ...trial('b', [100]), params: { ...params, seed: 1 } });
     expect(treeStats(tree).treeSteps).toBe(400);
-    expect(Object.keys(tree.roots)).toHaveLength(2);
+    expect(rootIds(tree)).toHaveLength(2);
   });
 
   it('rejects bad input with clear errors', () => {

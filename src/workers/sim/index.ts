@@ -1,4 +1,11 @@
-export { engineOptions, clusterGpus, makespanLowerBound, simCosts, simulate } from './simulate.js';
+export {
+  clusterGpus,
+  engineOptions,
+  makespanLowerBound,
+  precedenceLowerBound,
+  simCosts,
+  simulate,
+} from './simulate.js';
 export type { SimulationResult } from './simulate.js';
 export { SimPool } from './pool.js';
 export type { SimCosts, SimOutcome } from './pool.js';

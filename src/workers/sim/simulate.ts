@@ -151,3 +151,42 @@ export function makespanLowerBound(study: Study, tree: StageTree, gpus: number):
   for (const s of allStages(tree)) if (s.done) longest = Math.max(longest, chain(s.id));
   return Math.max(total / gpus, longest);
 }
+
+/**
+ * A lower bound on the makespan that respects precedence: a step at depth d (d seconds of
+ * training from the root along its path) cannot start before time d, so for every t the
+ * work lying deeper than t needs at least (that work / GPUs) after t:
+ * makespan >= max over t of (t + work deeper than t / GPUs). Combined with
+ * `makespanLowerBound` (a chain cannot be split), it is much tighter for trees whose
+ * shared prefix leaves GPUs idle. Pure training time, like `makespanLowerBound`.
+ */
+export function precedenceLowerBound(study: Study, tree: StageTree, gpus: number): number {
+  const costs = simCosts(study);
+  const spans: { from: number; to: number; share: number }[] = [];
+  const depth = new Map<string, number>();
+  const depthOf = (id: string): number => {
+    const known = depth.get(id);
+    if (known !== undefined) return known;
+    const s = getStage(tree, id);
+    const d =
+      s.parent === null
+        ? 0
+        : depthOf(s.parent) + (s.end - s.start) * costs.stepSeconds(stageValues(tree, s.id));
+    depth.set(id, d);
+    return d;
+  };
+  for (const s of allStages(tree)) {
+    if (!s.done) continue;
+    const to = depthOf(s.id);
+    const from = depthOf(s.parent as string);
+    spans.push({ from, to, share: lookupBy(study.resources.gpus, stageValues(tree, s.id)) });
+  }
+  let best = makespanLowerBound(study, tree, gpus);
+  const points = [...new Set(spans.map((x) => x.from))].sort((a, b) => a - b);
+  for (const t of points) {
+    let deeper = 0;
+    for (const x of spans) if (x.to > t) deeper += (x.to - Math.max(x.from, t)) * x.share;
+    best = Math.max(best, t + deeper / gpus);
+  }
+  return best;
+}
