@@ -38,6 +38,17 @@ export async function loadStudy(file: string): Promise<Study> {
   }
 }
 
+/** Runs `fn`; a user-facing error it throws is reported against the study file. */
+function withFile<T>(file: string, fn: () => T): T {
+  try {
+    return fn();
+  } catch (e) {
+    if (e instanceof StagetreeError && !(e instanceof StudyFileError))
+      throw new StudyFileError(file, e.message, e);
+    throw e;
+  }
+}
+
 function positiveInt(value: string): number {
   const n = Number(value);
   if (!Number.isSafeInteger(n) || n < 1) {
@@ -74,7 +85,7 @@ function program(io: Io): Command {
     .option('--width <n>', 'children to show per stage', positiveInt, 6)
     .action(async (file: string, opts: { json?: true; depth: number; width: number }) => {
       const study = await loadStudy(file);
-      const plan = planStudy(study);
+      const plan = withFile(file, () => planStudy(study));
       io.out(
         opts.json
           ? JSON.stringify(plan.summary)
@@ -91,7 +102,7 @@ function program(io: Io): Command {
     .option('--json', 'print one JSON object (stageTree, trialBased, savings, idealSavings, ...)')
     .action(async (file: string, opts: { json?: true }) => {
       const study = await loadStudy(file);
-      const sim = simulateStudy(study);
+      const sim = withFile(file, () => simulateStudy(study));
       io.out(opts.json ? JSON.stringify(sim.summary) : renderSimulation(study, sim));
     });
   return cli;

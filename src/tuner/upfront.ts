@@ -49,7 +49,8 @@ export function upfrontTrials(study: Study): TrialInput[] {
     case 'pbt':
       throw new ValidationError(
         'tuner.kind',
-        '"grid" or "random" (only their trials are known before anything runs)',
+        '"grid" or "random" (only their trials are known before anything runs; ' +
+          '`stagetree simulate` runs adaptive tuners)',
         tuner.kind,
       );
   }

@@ -71,4 +71,46 @@ describe('stagetree plan', () => {
     expect((await run('plan', 'x.json', '--depth', 'zero')).code).toBe(2);
     expect((await run('frobnicate')).code).toBe(2);
   });
+
+  it('points adaptive tuners to simulate', async () => {
+    const r = await run('plan', 'benchmarks/sim/studies/wrn16-4-sha-lr-20gpu.json');
+    expect(r.code).toBe(1);
+    expect(r.err).toMatch(
+      /wrn16-4-sha-lr-20gpu\.json: tuner\.kind: expected "grid" or "random" .*`stagetree simulate` runs adaptive tuners/,
+    );
+  });
+});
+
+describe('stagetree simulate', () => {
+  it('prints the comparison as one JSON object', async () => {
+    const r = await run('simulate', 'examples/resnet20-multistep-grid.json', '--json');
+    expect(r.code).toBe(0);
+    const s = JSON.parse(r.out) as Record<string, unknown>;
+    expect(Object.keys(s)).toEqual(
+      expect.arrayContaining([
+        'stageTree',
+        'trialBased',
+        'savings',
+        'idealSavings',
+        'makespanLowerBoundHours',
+        'best',
+      ]),
+    );
+    expect(s.stageTree).toEqual(
+      expect.objectContaining({
+        gpuHours: expect.any(Number),
+        makespanHours: expect.any(Number),
+        stagesRun: 105,
+        processStarts: 4,
+      }),
+    );
+    expect(s.idealSavings).toBeCloseTo(2.3143, 4);
+  });
+
+  it('prints a readable summary', async () => {
+    const r = await run('simulate', 'examples/warmup-cosine-grid.json');
+    expect(r.code).toBe(0);
+    expect(r.out).toMatch(/savings \d\.\d\dx GPU-hours \(ideal 2\.02x\)/);
+    expect(r.out).toContain('best: t');
+  });
 });

@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { ExecutionMode, accountLog, replay } from '../../src/engine/index.js';
 import type { LogEntry } from '../../src/engine/index.js';
 import { treeStats } from '../../src/tree/index.js';
+import { createTuner } from '../../src/tuner/index.js';
 import { engineOptions, simulate } from '../../src/workers/sim/index.js';
 import { gridTuner, scriptedTuner, smallStudy, spec } from '../support/sim-study.js';
 
@@ -52,6 +53,19 @@ describe('engine on simulated workers', () => {
     expect(again.engine.stats).toEqual(r.stats);
     expect(accountLog(r.log).gpuSeconds).toBeCloseTo(r.gpuSeconds, 9);
     expect(accountLog(r.log).makespanSeconds).toBe(r.makespanSeconds);
+  });
+
+  it('replays an adaptive study (ASHA), its tuner deciding the same from the same events', () => {
+    const study = smallStudy({
+      workers: 3,
+      space: { lr: { loguniform: [0.01, 0.3] }, batchSize: { choice: [128, 256] } },
+      tuner: { kind: 'asha', trials: 30, eta: 3, minSteps: 4, seed: 9 },
+    });
+    const r = simulate(study, ExecutionMode.stageTree, createTuner(study));
+    expect(r.log.filter((e) => e.kind === 'extend').length).toBeGreaterThan(3);
+    const again = replay(study, r.log, createTuner(study), engineOptions(study, ExecutionMode.stageTree));
+    expect(again.firstDifference).toBeNull();
+    expect(accountLog(r.log).gpuSeconds).toBeCloseTo(r.gpuSeconds, 9);
   });
 
   it('checkpoints a fork point once: one child continues in place, the other restores', () => {
