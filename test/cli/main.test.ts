@@ -96,14 +96,10 @@ describe('stagetree simulate', () => {
         'best',
       ]),
     );
-    expect(s.stageTree).toEqual(
-      expect.objectContaining({
-        gpuHours: expect.any(Number),
-        makespanHours: expect.any(Number),
-        stagesRun: 105,
-        processStarts: 4,
-      }),
-    );
+    const st = s.stageTree as Record<string, unknown>;
+    expect(typeof st.gpuHours).toBe('number');
+    expect(typeof st.makespanHours).toBe('number');
+    expect(st).toMatchObject({ stagesRun: 105, processStarts: 4 });
     expect(s.idealSavings).toBeCloseTo(2.3143, 4);
   });
 

@@ -63,7 +63,12 @@ describe('engine on simulated workers', () => {
     });
     const r = simulate(study, ExecutionMode.stageTree, createTuner(study));
     expect(r.log.filter((e) => e.kind === 'extend').length).toBeGreaterThan(3);
-    const again = replay(study, r.log, createTuner(study), engineOptions(study, ExecutionMode.stageTree));
+    const again = replay(
+      study,
+      r.log,
+      createTuner(study),
+      engineOptions(study, ExecutionMode.stageTree),
+    );
     expect(again.firstDifference).toBeNull();
     expect(accountLog(r.log).gpuSeconds).toBeCloseTo(r.gpuSeconds, 9);
   });
