@@ -1,6 +1,6 @@
 import type { Canonical } from '../schedule/index.js';
 import type { Rng, Study } from '../study/index.js';
-import type { TrialId } from '../tree/index.js';
+import type { TrialId, TrialInput } from '../tree/index.js';
 
 /**
  * The tuner side of a study: search algorithms and early stopping as pure logic. A tuner
@@ -10,17 +10,8 @@ import type { TrialId } from '../tree/index.js';
  * events it was given (in order) and its seeded random generator, so a study replays.
  */
 
-/** A trial as a tuner proposes it (the engine assigns the id and adds it to the tree). */
-export interface TrialSpec {
-  /** Static params (model, dataset, seed, ...): part of the merge key. */
-  readonly params: Readonly<Record<string, unknown>>;
-  /** One canonical schedule per hyperparameter. */
-  readonly schedules: Readonly<Record<string, Canonical>>;
-  /** Train until this step. */
-  readonly until: number;
-  /** Other steps in (0, until) with a metric report; `until` always reports. */
-  readonly reports?: readonly number[];
-}
+/** A trial as a tuner proposes it: a stage-tree trial without its id (the engine assigns it). */
+export type TrialSpec = Omit<TrialInput, 'id'>;
 
 /** A trial reached a report step: the study's metric there. */
 export interface MetricEvent {
