@@ -3,3 +3,4 @@ export type { Commands, EngineOptions, EngineStats } from './engine.js';
 export * from './types.js';
 export { accountLog, replay } from './replay.js';
 export type { LogAccount } from './replay.js';
+export * from './protocol.js';
