@@ -59,6 +59,8 @@ export interface EngineOptions {
 export interface Commands {
   readonly start: readonly Task[];
   readonly cancel: readonly TaskId[];
+  /** Worker processes to stop (replaced by a process for another lineage). */
+  readonly retire: readonly WorkerId[];
 }
 
 export interface EngineStats {
@@ -146,6 +148,7 @@ export class Engine {
   private finished = false;
   private startedTasks: Task[] = [];
   private cancelledTasks: TaskId[] = [];
+  private retiredWorkers: WorkerId[] = [];
   private readonly ctx: TunerContext;
 
   constructor(
@@ -327,9 +330,14 @@ export class Engine {
 
   private flush(): Commands {
     this.schedule();
-    const out = { start: this.startedTasks, cancel: this.cancelledTasks };
+    const out = {
+      start: this.startedTasks,
+      cancel: this.cancelledTasks,
+      retire: this.retiredWorkers,
+    };
     this.startedTasks = [];
     this.cancelledTasks = [];
+    this.retiredWorkers = [];
     return out;
   }
 
@@ -515,6 +523,7 @@ export class Engine {
     if (placement.kind === 'cold') {
       if (placement.replace !== null) {
         this.workers.delete(placement.replace);
+        this.retiredWorkers.push(placement.replace);
         this.idle.delete(placement.replace);
       }
       worker = {
@@ -555,7 +564,7 @@ export class Engine {
         break;
       }
       if (held === from) {
-        restore = { from: 'memory' };
+        restore = { from: 'memory', key: this.keyOf(from) };
         break;
       }
       if (this.saved(from)) {
@@ -587,6 +596,7 @@ export class Engine {
       restore,
       runs,
       saveAfter,
+      endKey: this.keyOf(s.id),
       share,
     };
     worker.busy = task.id;

@@ -18,7 +18,7 @@ export type CheckpointKey = string;
 
 /** Where a task's starting state comes from. */
 export type Restore =
-  | { readonly from: 'memory' }
+  | { readonly from: 'memory'; readonly key: CheckpointKey }
   | { readonly from: 'checkpoint'; readonly stage: StageId; readonly key: CheckpointKey }
   | { readonly from: 'init' };
 
@@ -50,6 +50,8 @@ export interface Task {
   readonly runs: readonly StageRun[];
   /** Save the state at the end of the last run, under this key. */
   readonly saveAfter: CheckpointKey | null;
+  /** The key of the state at the end of the last run (what the worker then holds). */
+  readonly endKey: CheckpointKey;
   /** GPU share the task occupies while it runs. */
   readonly share: number;
 }

@@ -253,6 +253,7 @@ export function engineToWire(m: EngineToWorker): ConnectResponse {
             taskId: t.taskId,
             saveFirst: t.saveFirst ?? '',
             saveAfter: t.saveAfter ?? '',
+            endKey: t.endKey,
             restore: {
               source:
                 r.from === 'init'
@@ -300,6 +301,7 @@ export function engineFromWire(w: ConnectResponse): EngineToWorker {
           taskId: taskId(v.taskId, ['run', 'taskId']),
           saveFirst: v.saveFirst === '' ? null : v.saveFirst,
           saveAfter: v.saveAfter === '' ? null : v.saveAfter,
+          endKey: nonEmpty(v.endKey, ['run', 'endKey']),
           restore,
           runs: v.runs.map((r, i) => stageRunFromWire(r, ['run', 'runs', i])),
         } satisfies WireTask,
@@ -346,7 +348,7 @@ export function workerToWire(m: WorkerToEngine): ConnectRequest {
       return {
         body: {
           $case: 'failed',
-          value: { taskId: m.taskId, message: m.message, detail: m.detail },
+          value: { taskId: m.taskId, message: m.message, detail: m.detail, reason: m.reason },
         },
       };
   }
@@ -410,6 +412,10 @@ export function workerFromWire(w: ConnectRequest): WorkerToEngine {
         taskId: taskId(b.value.taskId, ['failed', 'taskId']),
         message: b.value.message === '' ? '(the trainer gave no message)' : b.value.message,
         detail: b.value.detail,
+        reason:
+          b.value.reason === 'checkpoint' || b.value.reason === 'worker'
+            ? b.value.reason
+            : 'trainer',
       };
   }
 }

@@ -1,0 +1,2 @@
+export { WorkerAgent } from './runtime.js';
+export type { AgentOptions, CheckpointIO } from './runtime.js';

@@ -1,0 +1,2 @@
+export type { HyperparameterValues, Trainer, TrainerFactory, TrainSignal } from './types.js';
+export { QuadraticTrainer } from './quadratic.js';
