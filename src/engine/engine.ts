@@ -22,6 +22,7 @@ import {
   stageValues,
   stateKey,
   stopTrial,
+  trialsThrough,
 } from '../tree/index.js';
 import type { Stage, StageId, StageTree, TrialId } from '../tree/index.js';
 import type { Tuner, TunerContext, TrialSpec } from '../tuner/types.js';
@@ -53,6 +54,8 @@ export interface EngineOptions {
   readonly cost: CostModel;
   /** Save a safety checkpoint whenever a stage crosses a multiple of this many steps. */
   readonly checkpointEvery: number | null;
+  /** Times a stage is retried after its trainer failed before its trials fail. Default 2. */
+  readonly retries?: number;
 }
 
 /** What the engine asks of the worker pool after an event. */
@@ -144,6 +147,9 @@ export class Engine {
   private readonly stale = new Set<Running>();
   private readonly stateOf = new Map<StageId, { rep: TrialId; end: number }>();
   private seenSplits = 0;
+  private readonly failures = new Map<StageId, number>();
+  private readonly losses = new Map<StageId, number>();
+  private readonly failedTrials = new Map<TrialId, string>();
   private active = 0;
   private finished = false;
   private startedTasks: Task[] = [];
@@ -216,6 +222,79 @@ export class Engine {
   /** The tuner context the engine gives its tuner (for callers that drive a study from outside). */
   get context(): TunerContext {
     return this.ctx;
+  }
+
+  /**
+   * A task failed at `now`. A missing or corrupt checkpoint is forgotten and re-computed
+   * from the nearest state there is; a trainer error is retried up to `retries` times,
+   * then every active trial through the stage fails with the trainer's message.
+   */
+  taskFailed(
+    now: number,
+    taskId: TaskId,
+    failure: { readonly message: string; readonly reason: 'trainer' | 'checkpoint' | 'worker' },
+  ): Commands {
+    this.now = now;
+    const r = this.running.get(taskId);
+    if (!r) return this.flush();
+    this.release(r);
+    const worker = this.workers.get(r.task.worker);
+    if (worker) worker.holds = null;
+    this.log.push({
+      t: now,
+      kind: 'fail',
+      task: taskId,
+      message: failure.message,
+      reason: failure.reason,
+    });
+    if (failure.reason === 'checkpoint' && r.task.restore.from === 'checkpoint') {
+      this.checkpoints.delete(r.task.restore.key);
+    } else {
+      const stage = this.currentStage(r);
+      const n = (this.failures.get(stage) ?? 0) + 1;
+      this.failures.set(stage, n);
+      if (n > (this.options.retries ?? 2)) this.failStage(stage, failure.message);
+    }
+    return this.flush();
+  }
+
+  /**
+   * A worker is gone (its process died, or it stopped heart-beating). Its running task is
+   * rescheduled from the last state that exists; what it held in memory is lost.
+   */
+  workerLost(now: number, workerId: WorkerId, reason: string): Commands {
+    this.now = now;
+    const w = this.workers.get(workerId);
+    if (!w) return this.flush();
+    this.log.push({ t: now, kind: 'lost', worker: workerId, reason });
+    if (w.busy !== null) {
+      const r = this.running.get(w.busy);
+      if (r) {
+        this.release(r);
+        const stage = this.currentStage(r);
+        const n = (this.losses.get(stage) ?? 0) + 1;
+        this.losses.set(stage, n);
+        if (n > (this.options.retries ?? 2) + 3)
+          this.failStage(stage, `its worker died ${n} times (${reason})`);
+      }
+    }
+    this.workers.delete(workerId);
+    this.idle.delete(workerId);
+    return this.flush();
+  }
+
+  /** Messages of trials that failed, by trial. */
+  get trialFailures(): ReadonlyMap<TrialId, string> {
+    return this.failedTrials;
+  }
+
+  private failStage(stage: StageId, message: string): void {
+    for (const t of trialsThrough(this.tree, stage)) {
+      if (getTrial(this.tree, t).status !== 'active') continue;
+      this.failedTrials.set(t, message);
+      this.log.push({ t: this.now, kind: 'trialFailed', trial: t, message });
+      this.stop(t);
+    }
   }
 
   /** A task finished at `now` with `result`. */

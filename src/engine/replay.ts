@@ -21,6 +21,9 @@ export function replay(
   engine.start(start);
   for (const e of log) {
     if (e.kind === 'done') engine.complete(e.t, e.task, { metric: e.metric });
+    else if (e.kind === 'fail')
+      engine.taskFailed(e.t, e.task, { message: e.message, reason: e.reason });
+    else if (e.kind === 'lost') engine.workerLost(e.t, e.worker, e.reason);
   }
   const a = log.map((e) => JSON.stringify(e));
   const b = engine.log.map((e) => JSON.stringify(e));

@@ -98,6 +98,25 @@ export type LogEntry =
       readonly step: number;
       readonly value: number;
     }
+  | {
+      readonly t: number;
+      readonly kind: 'fail';
+      readonly task: TaskId;
+      readonly message: string;
+      readonly reason: 'trainer' | 'checkpoint' | 'worker';
+    }
+  | {
+      readonly t: number;
+      readonly kind: 'lost';
+      readonly worker: WorkerId;
+      readonly reason: string;
+    }
+  | {
+      readonly t: number;
+      readonly kind: 'trialFailed';
+      readonly trial: TrialId;
+      readonly message: string;
+    }
   | { readonly t: number; readonly kind: 'finish' };
 
 /** Costs the engine uses to estimate stage durations for critical-path priority. */

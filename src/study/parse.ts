@@ -152,6 +152,19 @@ const trainerSchema = z.discriminatedUnion(
         .refine((a) => a[0] === 1, says('an array of throughputs (numbers > 0), starting with 1'))
         .optional(),
     }),
+    strict('a node trainer', {
+      kind: z.literal('node'),
+      module: nonEmptyString(),
+      export: nonEmptyString().default('default'),
+    }),
+    strict('a python trainer', {
+      kind: z.literal('python'),
+      module: z
+        .string(says('"package.module:Class"'))
+        .regex(/^[A-Za-z_][\w.]*:[A-Za-z_]\w*$/, says('"package.module:Class"')),
+      path: z.array(nonEmptyString(), says('an array of directories')).default(() => []),
+      python: nonEmptyString().default('/usr/bin/python3'),
+    }),
   ],
   {
     error: (issue) =>
@@ -193,6 +206,7 @@ const studySchema = strict('a study', {
   resources: resourcesSchema.default(() => ({ gpus: 1 })),
   workers: integerFrom(1).default(1),
   checkpointEvery: integerFrom(1).optional(),
+  retries: z.int(says('an integer >= 0')).min(0, says('an integer >= 0')).default(2),
 });
 
 /** The value found at `path` in `input` (undefined where there is none). */
@@ -417,6 +431,9 @@ function toTuner(t: TunerInput, s: StudyInput): TunerSpec {
 }
 
 function toTrainer(t: z.output<typeof trainerSchema>): TrainerSpec {
+  if (t.kind === 'node') return { kind: 'node', module: t.module, export: t.export };
+  if (t.kind === 'python')
+    return { kind: 'python', module: t.module, path: [...t.path], python: t.python };
   return {
     kind: t.kind,
     stepSeconds: t.stepSeconds,
@@ -489,5 +506,6 @@ export function parseStudy(json: unknown): Study {
     },
     workers: s.workers,
     checkpointEvery: s.checkpointEvery ?? null,
+    retries: s.retries,
   };
 }

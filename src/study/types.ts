@@ -137,7 +137,7 @@ export interface MetricSpec {
   readonly mode: MetricMode;
 }
 
-export const TRAINER_KINDS = ['sim'] as const;
+export const TRAINER_KINDS = ['sim', 'node', 'python'] as const;
 export type TrainerKind = (typeof TRAINER_KINDS)[number];
 
 /** A simulated trainer on a virtual clock: costs in seconds, no real training. */
@@ -160,7 +160,29 @@ export interface SimTrainerSpec {
    */
   readonly sharing: readonly number[];
 }
-export type TrainerSpec = SimTrainerSpec;
+/**
+ * A TypeScript / JavaScript trainer: the module (a path, relative to the study file) and
+ * its export: a class implementing `Trainer` (src/trainer/types.ts) with a no-argument
+ * constructor.
+ */
+export interface NodeTrainerSpec {
+  readonly kind: 'node';
+  readonly module: string;
+  /** Default "default". */
+  readonly export: string;
+}
+
+/** A Python trainer: `module:Class` importable from `path` (relative to the study file). */
+export interface PythonTrainerSpec {
+  readonly kind: 'python';
+  readonly module: string;
+  /** Directories added to PYTHONPATH, relative to the study file. Default []. */
+  readonly path: readonly string[];
+  /** The interpreter. Default "/usr/bin/python3". */
+  readonly python: string;
+}
+
+export type TrainerSpec = SimTrainerSpec | NodeTrainerSpec | PythonTrainerSpec;
 
 /**
  * A number that depends on a hyperparameter's value at a stage's first step:
@@ -203,6 +225,8 @@ export interface Study {
   readonly workers: number;
   /** A safety checkpoint at least every this many steps along each path; null: none. */
   readonly checkpointEvery: number | null;
+  /** Times a failed stage is retried before the trials through it fail. Default 2. */
+  readonly retries: number;
 }
 
 /** The number a `ByHyperparameter` (or a plain number) gives for these values. */

@@ -40,6 +40,7 @@ describe('parseStudy: good studies', () => {
     expect(lookupBy(study.resources.gpus, { batchSize: 256 })).toBe(0.5);
     expect(study.resources.cluster).toBe(3);
     expect(study.checkpointEvery).toBe(50);
+    if (study.trainer.kind !== 'sim') throw new Error('expected a sim trainer');
     expect(study.trainer.sharing).toEqual([1, 1.8]);
     expect(study.trainer.stepScale).toEqual({
       by: 'batchSize',
@@ -159,12 +160,12 @@ describe('parseStudy: bad input names the field', () => {
     [
       'a study that is not an object',
       42,
-      '(root): expected a study object {name, params, space, steps, evalEvery, tuner, metric, trainer, resources, workers, checkpointEvery}, got 42 (number)',
+      '(root): expected a study object {name, params, space, steps, evalEvery, tuner, metric, trainer, resources, workers, checkpointEvery, retries}, got 42 (number)',
     ],
     [
       'an unknown top-level field',
       edited((s) => (s.trials = 3)),
-      'trials: expected no such field (a study takes name, params, space, steps, evalEvery, tuner, metric, trainer, resources, workers, checkpointEvery), got 3 (number)',
+      'trials: expected no such field (a study takes name, params, space, steps, evalEvery, tuner, metric, trainer, resources, workers, checkpointEvery, retries), got 3 (number)',
     ],
     [
       'an unknown tuner field, reported before the missing one it misspells',
@@ -234,8 +235,13 @@ describe('parseStudy: bad input names the field', () => {
     ],
     [
       'an unknown trainer kind',
+      edited((s) => (s.trainer = { kind: 'java' })),
+      'trainer.kind: expected one of "sim", "node", "python", got "java" (string)',
+    ],
+    [
+      'a python trainer without a module',
       edited((s) => (s.trainer = { kind: 'python' })),
-      'trainer.kind: expected one of "sim", got "python" (string)',
+      'trainer.module: expected "package.module:Class" (field is required), got undefined',
     ],
     [
       'stepSeconds 0',

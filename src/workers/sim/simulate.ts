@@ -7,6 +7,7 @@ import type {
   Task,
   TaskId,
 } from '../../engine/index.js';
+import { ValidationError } from '../../errors.js';
 import { lookupBy } from '../../study/index.js';
 import type { Study } from '../../study/index.js';
 import { allStages, getStage, stageValues } from '../../tree/index.js';
@@ -30,9 +31,16 @@ export interface SimulationResult {
   readonly gpus: number;
 }
 
-/** The costs of a study's `sim` trainer. */
+/** The costs of a study's `sim` trainer (a study with a real trainer cannot be simulated). */
 export function simCosts(study: Study): SimCosts {
   const trainer = study.trainer;
+  if (trainer.kind !== 'sim') {
+    throw new ValidationError(
+      'trainer.kind',
+      '"sim" to simulate (`stagetree run` runs node and python trainers)',
+      trainer.kind,
+    );
+  }
   const scale = trainer.stepScale;
   return {
     stepSeconds: (values) => trainer.stepSeconds * (scale ? lookupBy(scale, values) : 1),
@@ -50,7 +58,8 @@ export function clusterGpus(study: Study): number {
 
 /** The engine options of a study: its cluster, worker budget, GPU shares and step costs. */
 export function engineOptions(study: Study, mode: ExecutionMode): EngineOptions {
-  const costs = simCosts(study);
+  // A real trainer's step cost is not known before it runs: order by steps.
+  const costs = study.trainer.kind === 'sim' ? simCosts(study) : { stepSeconds: () => 1 };
   return {
     mode,
     gpus: clusterGpus(study),
@@ -58,6 +67,7 @@ export function engineOptions(study: Study, mode: ExecutionMode): EngineOptions 
     share: (values) => lookupBy(study.resources.gpus, values),
     cost: { stepSeconds: (values) => costs.stepSeconds(values) },
     checkpointEvery: study.checkpointEvery,
+    retries: study.retries,
   };
 }
 
