@@ -8,6 +8,8 @@ export const ErrorCode = {
   notFound: 'STAGETREE_NOT_FOUND',
   conflict: 'STAGETREE_CONFLICT',
   unsupported: 'STAGETREE_UNSUPPORTED',
+  /** A checkpoint file exists but its magic, length or SHA-256 checksum is wrong. */
+  corruptCheckpoint: 'STAGETREE_CORRUPT_CHECKPOINT',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 

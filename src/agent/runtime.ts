@@ -158,7 +158,7 @@ export class WorkerAgent {
         const seed = typeof first.params.seed === 'number' ? first.params.seed : 0;
         await timed('init', () => trainer.init(first.params, seed));
       }
-      const trainer = this.trainer as Trainer;
+      const trainer = this.trainer;
       this.held = null;
       for (const run of task.runs) {
         const hps = Object.keys(run.schedules).sort();

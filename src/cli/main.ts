@@ -1,8 +1,12 @@
+import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { ErrorCode, StagetreeError } from '../errors.js';
 import { planStudy, renderPlan, renderSimulation, simulateStudy } from '../report/index.js';
+import { StudyStore } from '../store/index.js';
+import type { StudyStatus } from '../store/index.js';
 import { parseStudy } from '../study/index.js';
+import { defaultPaths, runStudy } from './run.js';
 import type { Study } from '../study/index.js';
 
 /** A study file that cannot be read, parsed or validated; the message starts with the file. */
@@ -105,7 +109,70 @@ function program(io: Io): Command {
       const sim = withFile(file, () => simulateStudy(study));
       io.out(opts.json ? JSON.stringify(sim.summary) : renderSimulation(study, sim));
     });
+
+  cli
+    .command('run')
+    .description('run the study for real on local worker processes (resumes if its store exists)')
+    .argument('<study>', 'study file with a node or python trainer')
+    .option('--db <file>', 'the study store (default .stagetree/<name>.db beside the study)')
+    .option('--checkpoints <dir>', 'checkpoint directory (default .stagetree/<name>-checkpoints)')
+    .option('--json', 'print the final status as one JSON object')
+    .action(async (file: string, opts: { db?: string; checkpoints?: string; json?: true }) => {
+      const study = await loadStudy(file);
+      if (study.trainer.kind === 'sim') {
+        throw new StudyFileError(
+          file,
+          'trainer.kind: expected "node" or "python" to run (a sim trainer is simulated: `stagetree simulate`), got "sim"',
+        );
+      }
+      const out = await runStudy(file, study, {
+        ...(opts.db !== undefined ? { db: opts.db } : {}),
+        ...(opts.checkpoints !== undefined ? { checkpoints: opts.checkpoints } : {}),
+      });
+      io.out(
+        opts.json
+          ? JSON.stringify(out.status)
+          : renderStatus(out.status, out.resumed ? 'resumed and finished' : 'finished'),
+      );
+    });
+
+  cli
+    .command('status')
+    .description('show what a study store holds: trials, the best one, failures')
+    .argument('<study>', 'study file (or use --db)')
+    .option('--db <file>', 'the study store (default .stagetree/<name>.db beside the study)')
+    .option('--json', 'print one JSON object')
+    .action(async (file: string, opts: { db?: string; json?: true }) => {
+      const study = await loadStudy(file);
+      const paths = defaultPaths(file, study, opts.db !== undefined ? { db: opts.db } : {});
+      if (!existsSync(paths.db)) {
+        throw new StudyFileError(file, `no study store at ${paths.db} (run the study first)`);
+      }
+      const store = StudyStore.open(paths.db);
+      try {
+        const status = store.status();
+        io.out(
+          opts.json
+            ? JSON.stringify(status)
+            : renderStatus(status, status.finished ? 'finished' : 'not finished'),
+        );
+      } finally {
+        store.close();
+      }
+    });
   return cli;
+}
+
+function renderStatus(s: StudyStatus, state: string): string {
+  const lines = [
+    `study ${s.name}: ${state}, ${s.trials.total} trials (${s.trials.active} active, ${s.trials.stopped} stopped, ${s.trials.failed} failed)`,
+    s.best
+      ? `  best: ${s.best.trial} with ${s.metric.name} = ${s.best.value} at step ${s.best.step}`
+      : '  best: no metric reported yet',
+    `  ${s.events} events, ${s.attempts.total} task attempts`,
+  ];
+  for (const f of s.failed) lines.push(`  failed ${f.trial}: ${f.message}`);
+  return lines.join('\n');
 }
 
 /**

@@ -56,6 +56,12 @@ export interface EngineOptions {
   readonly checkpointEvery: number | null;
   /** Times a stage is retried after its trainer failed before its trials fail. Default 2. */
   readonly retries?: number;
+  /**
+   * Save every stage end that a later stage may start from (real runs: an engine crash
+   * then loses no completed stage). Off: the minimal policy, saving only when a worker
+   * moves on from a state still needed.
+   */
+  readonly durable?: boolean;
 }
 
 /** What the engine asks of the worker pool after an event. */
@@ -561,6 +567,15 @@ export class Engine {
   }
 
   /** Views of the idle workers (the only ones placement can choose). */
+  /** Whether a stage's end state will be a starting point: a demanded child, or a paused trial. */
+  private neededLater(s: Stage): boolean {
+    for (const c of childrenOf(this.tree, s.id)) if (c.refs > 0 && !c.done) return true;
+    return s.ends.some((t) => {
+      const trial = getTrial(this.tree, t);
+      return trial.status === 'active' && trial.until < this.study.steps;
+    });
+  }
+
   private workerViews(): WorkerView[] {
     const out: WorkerView[] = [];
     for (const id of this.idle) {
@@ -662,7 +677,11 @@ export class Engine {
       });
     const every = this.options.checkpointEvery;
     const safety = every !== null && Math.floor(s.end / every) > Math.floor(s.start / every);
-    const saveAfter = (trialBasedPause || safety) && !this.saved(s.id) ? this.keyOf(s.id) : null;
+    // Durable runs keep every state a later stage may start from, so that a crash of the
+    // engine (which takes its workers' memory with it) loses no completed stage.
+    const durable = this.options.durable === true && this.neededLater(s);
+    const saveAfter =
+      (trialBasedPause || safety || durable) && !this.saved(s.id) ? this.keyOf(s.id) : null;
     if (saveAfter !== null) this.stats.checkpointsSaved++;
 
     const runs: StageRun[] = chain.map((c) => this.stageRun(c));

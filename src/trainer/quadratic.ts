@@ -36,7 +36,14 @@ export class QuadraticTrainer implements Trainer {
   private state: State = { seed: 0, step: 0, w: [], v: [] };
   private dataSeed: number | null = null;
 
-  init(_params: Readonly<Record<string, unknown>>, seed: number): void {
+  /** Test knobs from the static params: a delay per step, and an lr above which train throws. */
+  private delayMs = 0;
+  private failAbove = Number.POSITIVE_INFINITY;
+
+  init(params: Readonly<Record<string, unknown>>, seed: number): void {
+    this.delayMs = typeof params.stepDelayMs === 'number' ? params.stepDelayMs : 0;
+    this.failAbove =
+      typeof params.failAboveLr === 'number' ? params.failAboveLr : Number.POSITIVE_INFINITY;
     this.makeData(seed);
     this.state = {
       seed,
@@ -58,12 +65,12 @@ export class QuadraticTrainer implements Trainer {
     );
   }
 
-  train(
+  async train(
     from: number,
     to: number,
     hp: (step: number) => HyperparameterValues,
     signal: TrainSignal,
-  ): void {
+  ): Promise<void> {
     if (from !== this.state.step)
       throw new Error(`quadratic trainer: at step ${this.state.step}, asked to train from ${from}`);
     const { w, v } = this.state;
@@ -71,6 +78,9 @@ export class QuadraticTrainer implements Trainer {
       if (signal.cancelled) return;
       const h = hp(t);
       const lr = typeof h.lr === 'number' ? h.lr : 0.05;
+      if (lr > this.failAbove)
+        throw new Error(`learning rate ${lr} diverges (failAboveLr ${this.failAbove})`);
+      if (this.delayMs > 0) await new Promise((resolve) => setTimeout(resolve, this.delayMs));
       const momentum = typeof h.momentum === 'number' ? h.momentum : 0.9;
       const batch = Math.max(1, typeof h.batchSize === 'number' ? Math.round(h.batchSize) : 32);
       for (let start = 0; start < SAMPLES; start += batch) {

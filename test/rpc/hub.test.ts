@@ -93,6 +93,7 @@ describe('worker hub over real gRPC on 127.0.0.1', () => {
           },
         ],
         saveAfter: 'Kabc',
+        endKey: 'Kabc',
       },
     };
     cn.send({ kind: 'welcome', checkpointDir: '/tmp/ck', heartbeatSeconds: 1 });

@@ -1,0 +1,206 @@
+import { mkdirSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { ExecutionMode } from '../engine/index.js';
+import type { LogEntry } from '../engine/index.js';
+import { startWorkerHub } from '../rpc/index.js';
+import { CheckpointStore, StudyStore } from '../store/index.js';
+import type { StudyStatus } from '../store/index.js';
+import type { Study } from '../study/index.js';
+import { createTuner } from '../tuner/index.js';
+import { ProcessPool, runWithPool } from '../workers/index.js';
+import type { WorkerCommand } from '../workers/index.js';
+import { engineOptions } from '../workers/sim/index.js';
+
+/** The repository root (dist/cli/.. or src/cli/..): where the worker entry points live. */
+const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+
+export interface RunPaths {
+  readonly db: string;
+  readonly checkpoints: string;
+}
+
+/** Default places: `.stagetree/<name>.db` and `.stagetree/<name>-checkpoints/` beside the study file. */
+export function defaultPaths(studyFile: string, study: Study, given: Partial<RunPaths>): RunPaths {
+  const dir = join(dirname(resolve(studyFile)), '.stagetree');
+  const slug = study.name.replace(/[^A-Za-z0-9._-]+/g, '_');
+  return {
+    db: given.db ?? join(dir, `${slug}.db`),
+    checkpoints: given.checkpoints ?? join(dir, `${slug}-checkpoints`),
+  };
+}
+
+function workerCommand(studyFile: string, study: Study): (workerId: string) => WorkerCommand {
+  const base = dirname(resolve(studyFile));
+  const trainer = study.trainer;
+  switch (trainer.kind) {
+    case 'node':
+      return () => ({
+        file: process.execPath,
+        args: [join(ROOT, 'dist', 'cli', 'worker.js')],
+        env: {
+          STAGETREE_TRAINER_MODULE: trainer.module.startsWith('.')
+            ? resolve(base, trainer.module)
+            : trainer.module,
+          STAGETREE_TRAINER_EXPORT: trainer.export,
+        },
+      });
+    case 'python':
+      return () => ({
+        file: trainer.python,
+        args: ['-m', 'stagetree.worker'],
+        env: {
+          PYTHONPATH: [
+            join(ROOT, 'python'),
+            ...trainer.path.map((p) => resolve(base, p)),
+            process.env.PYTHONPATH ?? '',
+          ]
+            .filter((p) => p !== '')
+            .join(':'),
+          STAGETREE_TRAINER: trainer.module,
+        },
+      });
+    case 'sim':
+      throw new Error('internal: a sim trainer has no worker process');
+  }
+}
+
+/** Keeps the store's attempt table (timings and failures) in step with the event log. */
+class AttemptLog {
+  private readonly open = new Map<number, { attempt: number; worker: string }>();
+
+  constructor(private readonly store: StudyStore) {}
+
+  record(entries: readonly LogEntry[], now: number): void {
+    for (const e of entries) {
+      switch (e.kind) {
+        case 'task': {
+          const last = e.task.runs[e.task.runs.length - 1];
+          const attempt = this.store.recordAttempt({
+            task: e.task.id,
+            worker: e.task.worker,
+            stage: last?.stage ?? '',
+            startedAt: now,
+          });
+          this.open.set(e.task.id, { attempt, worker: e.task.worker });
+          break;
+        }
+        case 'done':
+          this.finish(e.task, now, { outcome: 'done' });
+          break;
+        case 'fail':
+          this.finish(e.task, now, { outcome: 'failed', error: e.message });
+          break;
+        case 'cancel':
+          this.finish(e.task, now, { outcome: 'cancelled' });
+          break;
+        case 'lost':
+          for (const [task, o] of this.open) {
+            if (o.worker === e.worker) this.finish(task, now, { outcome: 'lost', error: e.reason });
+          }
+          break;
+        case 'propose':
+        case 'fork':
+        case 'extend':
+        case 'stop':
+        case 'metric':
+        case 'trialFailed':
+        case 'finish':
+          break;
+      }
+    }
+  }
+
+  private finish(
+    task: number,
+    now: number,
+    end: { outcome: 'done' | 'failed' | 'cancelled' | 'lost'; error?: string },
+  ): void {
+    const o = this.open.get(task);
+    if (!o) return;
+    this.open.delete(task);
+    this.store.finishAttempt(o.attempt, { endedAt: now, ...end });
+  }
+}
+
+export interface RunOutcome {
+  readonly status: StudyStatus;
+  readonly resumed: boolean;
+  readonly seconds: number;
+  readonly paths: RunPaths;
+}
+
+/**
+ * Runs a study for real on local worker processes: SQLite store, checkpoints on local
+ * disk, the engine's gRPC hub on 127.0.0.1. Running it again on the same store resumes
+ * it: the stored event log is replayed and no completed stage runs again.
+ */
+export async function runStudy(
+  studyFile: string,
+  study: Study,
+  given: Partial<RunPaths> = {},
+  options: {
+    readonly log?: (worker: string, line: string) => void;
+    readonly heartbeatTimeout?: number;
+    /** `trial-based` runs the baseline (each trial alone) for comparisons. */
+    readonly mode?: ExecutionMode;
+    /** Sees every new log entry with the pool (tests kill workers from here). */
+    readonly onEvent?: (entry: LogEntry, pool: ProcessPool) => void;
+  } = {},
+): Promise<RunOutcome> {
+  const paths = defaultPaths(studyFile, study, given);
+  mkdirSync(dirname(paths.db), { recursive: true });
+  mkdirSync(paths.checkpoints, { recursive: true });
+  const store = StudyStore.open(paths.db);
+  try {
+    const wall = (): number => Date.now() / 1000;
+    const resumed = store.initStudy(study.name, study, wall()) === 'resumed';
+    const resumeFrom = resumed ? store.events() : [];
+    if (resumed && store.status().finished) {
+      return { status: store.status(), resumed, seconds: 0, paths };
+    }
+    const checkpoints = new CheckpointStore(paths.checkpoints);
+    store.loseOpenAttempts(wall(), 'the engine stopped while it ran');
+    const attempts = new AttemptLog(store);
+    let pool: ProcessPool | null = null;
+    const hub = await startWorkerHub({
+      onConnect: (connection) => {
+        if (pool) pool.attach(connection);
+        else connection.close();
+      },
+    });
+    try {
+      pool = new ProcessPool({
+        command: workerCommand(studyFile, study),
+        engineAddress: hub.address,
+        gpus: process.env.STAGETREE_GPUS === '1',
+        welcome: { kind: 'welcome', checkpointDir: paths.checkpoints, heartbeatSeconds: 1 },
+        ...(options.log ? { log: options.log } : {}),
+      });
+      const result = await runWithPool({
+        study,
+        tuner: createTuner(study),
+        engine: { ...engineOptions(study, options.mode ?? ExecutionMode.stageTree), durable: true },
+        pool,
+        clock: () => performance.now() / 1000,
+        sink: (entries) => {
+          store.append(entries, wall());
+          attempts.record(entries, wall());
+          const p = pool;
+          if (options.onEvent && p) for (const e of entries) options.onEvent(e, p);
+        },
+        resumeFrom,
+        ...(options.heartbeatTimeout !== undefined
+          ? { heartbeatTimeout: options.heartbeatTimeout }
+          : {}),
+      });
+      // The study is over: nothing can need a checkpoint any more.
+      checkpoints.collect(new Set(), { temporary: true });
+      return { status: store.status(), resumed, seconds: result.seconds, paths };
+    } finally {
+      await hub.close();
+    }
+  } finally {
+    store.close();
+  }
+}

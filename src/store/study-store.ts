@@ -1,0 +1,737 @@
+import { mkdirSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
+import Database from 'better-sqlite3';
+import type { LogEntry, TaskId, WorkerId } from '../engine/types.js';
+import {
+  ConflictError,
+  describeValue,
+  ErrorCode,
+  NotFoundError,
+  StagetreeError,
+  ValidationError,
+} from '../errors.js';
+import { METRIC_MODES } from '../study/index.js';
+import type { MetricMode } from '../study/index.js';
+import type { StageId, TrialId } from '../tree/index.js';
+import { isBetter } from '../tuner/types.js';
+import { canonicalJson, decodeEntry, encodeEntry, firstJsonDifference } from './json.js';
+import { migrate } from './schema.js';
+
+/**
+ * The study store: one SQLite file (WAL mode) that is the single source of truth of a
+ * study run. It holds the study as validated, the engine's event log in order, and, kept
+ * in step with the log in the same transactions, a table of trials and of their metrics;
+ * plus the attempts workers made at tasks (timings and failures). A run killed at any
+ * point leaves every committed write readable; a second run on the same file resumes by
+ * replaying `events()`.
+ *
+ * The store reads no clock: every time it records is passed in by the caller.
+ */
+
+export const TrialRowStatus = { active: 'active', stopped: 'stopped', failed: 'failed' } as const;
+export type TrialRowStatus = (typeof TrialRowStatus)[keyof typeof TrialRowStatus];
+
+export const AttemptOutcome = {
+  done: 'done',
+  failed: 'failed',
+  cancelled: 'cancelled',
+  lost: 'lost',
+} as const;
+export type AttemptOutcome = (typeof AttemptOutcome)[keyof typeof AttemptOutcome];
+const OUTCOMES = Object.values(AttemptOutcome);
+
+/** The stored study: its name, canonical JSON and the times the caller gave. */
+export interface StoredStudy {
+  readonly name: string;
+  /** Canonical JSON (sorted keys, no whitespace) of the study as validated. */
+  readonly json: string;
+  readonly createdAt: number;
+  readonly updatedAt: number;
+}
+
+/** A row of the `trials` table: what the log says about one trial (and `failTrial`). */
+export interface TrialRow {
+  readonly id: TrialId;
+  /** The event (`seq`) that proposed or forked it. */
+  readonly seq: number;
+  readonly status: TrialRowStatus;
+  readonly until: number;
+  readonly forkOf: { readonly trial: TrialId; readonly at: number } | null;
+  /** Its best metric (by the study's mode) and where; null before any (or only NaN). */
+  readonly best: { readonly step: number; readonly value: number } | null;
+  /** The highest step it has a metric at, or null. */
+  readonly lastStep: number | null;
+  /** Why it failed (`failTrial`), or null. */
+  readonly error: string | null;
+}
+
+export interface MetricRow {
+  readonly trial: TrialId;
+  readonly step: number;
+  /** NaN for a diverged run (stored as NULL). */
+  readonly value: number;
+}
+
+export interface AttemptStart {
+  readonly task: TaskId;
+  readonly worker: WorkerId;
+  /** The stage the task trains (its last run). */
+  readonly stage: StageId;
+  readonly startedAt: number;
+}
+
+export interface AttemptEnd {
+  readonly endedAt: number;
+  readonly outcome: AttemptOutcome;
+  /** Seconds by phase as the worker measured them (start, load, train, eval, save, ...). */
+  readonly seconds?: Readonly<Record<string, number>>;
+  readonly error?: string;
+  /** A longer diagnostic (a traceback). */
+  readonly detail?: string;
+}
+
+export interface AttemptRow extends AttemptStart {
+  readonly id: number;
+  readonly endedAt: number | null;
+  readonly outcome: AttemptOutcome | null;
+  readonly seconds: Readonly<Record<string, number>>;
+  readonly error: string | null;
+  readonly detail: string | null;
+}
+
+/** What `stagetree status` shows; plain data (JSON-serialisable). */
+export interface StudyStatus {
+  readonly file: string;
+  readonly name: string;
+  readonly createdAt: number;
+  readonly updatedAt: number;
+  readonly metric: { readonly name: string; readonly mode: MetricMode };
+  /** Events in the log. */
+  readonly events: number;
+  /** The log holds a `finish` entry: the tuner ended the study. */
+  readonly finished: boolean;
+  readonly trials: {
+    readonly total: number;
+    readonly active: number;
+    readonly stopped: number;
+    readonly failed: number;
+  };
+  /** The best metric of any trial (ties: the earlier step, then the earlier trial). */
+  readonly best: { readonly trial: TrialId; readonly step: number; readonly value: number } | null;
+  /** Failed trials, in proposal order, with their messages. */
+  readonly failed: readonly { readonly trial: TrialId; readonly message: string }[];
+  readonly attempts: {
+    readonly total: number;
+    /** Started and not (yet) finished. */
+    readonly open: number;
+    /** Count and wall seconds (`endedAt - startedAt`) of finished attempts by outcome. */
+    readonly byOutcome: Readonly<
+      Record<AttemptOutcome, { readonly count: number; readonly seconds: number }>
+    >;
+    /** The workers' own seconds by phase, summed over finished attempts. */
+    readonly phaseSeconds: Readonly<Record<string, number>>;
+  };
+}
+
+interface StudyDbRow {
+  name: string;
+  json: string;
+  created_at: number;
+  updated_at: number;
+}
+interface TrialDbRow {
+  id: string;
+  seq: number;
+  status: TrialRowStatus;
+  until: number;
+  fork_of: string | null;
+  fork_at: number | null;
+  best: number | null;
+  best_step: number | null;
+  last_step: number | null;
+  error: string | null;
+}
+interface AttemptDbRow {
+  id: number;
+  task: number;
+  worker: string;
+  stage: string;
+  started_at: number;
+  ended_at: number | null;
+  outcome: AttemptOutcome | null;
+  seconds: string | null;
+  error: string | null;
+  detail: string | null;
+}
+
+export class StudyStore {
+  /** The file, as an absolute path (named in every error). */
+  readonly file: string;
+  private readonly db: Database.Database;
+  private mode: MetricMode | null = null;
+  private readonly sql: ReturnType<typeof prepare>;
+
+  private constructor(file: string, db: Database.Database) {
+    this.file = file;
+    this.db = db;
+    this.sql = prepare(db);
+  }
+
+  /**
+   * Opens (creating if needed, with its folder) the study store at `path`, in WAL mode,
+   * migrating it to the current schema. Refuses an SQLite file that is not a study store
+   * and one written by a newer schema.
+   */
+  static open(path: string): StudyStore {
+    const file = resolve(path);
+    mkdirSync(dirname(file), { recursive: true });
+    let db: Database.Database;
+    try {
+      db = new Database(file);
+    } catch (cause) {
+      throw new StagetreeError(
+        ErrorCode.conflict,
+        `${file}: cannot open as a study store: ${(cause as Error).message}`,
+        { cause },
+      );
+    }
+    try {
+      db.pragma('journal_mode = WAL');
+      db.pragma('synchronous = FULL');
+      db.pragma('foreign_keys = ON');
+      migrate(db, file);
+      return new StudyStore(file, db);
+    } catch (e) {
+      db.close();
+      if (e instanceof StagetreeError) throw e;
+      if (isSqliteError(e) && (e.code === 'SQLITE_NOTADB' || e.code === 'SQLITE_CORRUPT')) {
+        throw new ConflictError(`${file} is not a stagetree study store (${e.message})`);
+      }
+      throw e;
+    }
+  }
+
+  /** Closes the file. Calling it twice is harmless. */
+  close(): void {
+    if (this.db.open) this.db.close();
+  }
+
+  // ------------------------------------------------------------------ study
+
+  hasStudy(): boolean {
+    return this.sql.getStudy.get() !== undefined;
+  }
+
+  /**
+   * Stores the study (the object `parseStudy` returned), or, when the file holds one
+   * already, checks that it is the same study (canonical JSON, byte for byte) and marks
+   * it updated at `now`: that is a resume. A different study is a `ConflictError` naming
+   * the file and the first field that differs.
+   */
+  initStudy(name: string, study: object, now: number): 'created' | 'resumed' {
+    if (typeof name !== 'string' || name === '') {
+      throw new ValidationError('name', 'a non-empty string', name);
+    }
+    checkTime(now, 'now');
+    const json = canonicalJson(study, 'study');
+    const mode = modeOf(json, this.file);
+    return this.db
+      .transaction((): 'created' | 'resumed' => {
+        const stored = this.sql.getStudy.get() as StudyDbRow | undefined;
+        if (!stored) {
+          this.sql.insertStudy.run(name, json, now, now);
+          this.mode = mode;
+          return 'created';
+        }
+        if (stored.name !== name || stored.json !== json) {
+          const d =
+            stored.name !== name
+              ? { path: 'name', stored: describeValue(stored.name), given: describeValue(name) }
+              : firstJsonDifference(JSON.parse(stored.json), JSON.parse(json));
+          const where = d
+            ? ` (first difference at ${d.path}: stored ${d.stored}, given ${d.given})`
+            : '';
+          throw new ConflictError(
+            `${this.file} holds study ${JSON.stringify(stored.name)} with different settings${where}; ` +
+              `resume it with the same study file, or give a new store file to start a new study`,
+          );
+        }
+        this.sql.touchStudy.run(now);
+        return 'resumed';
+      })
+      .immediate();
+  }
+
+  /** The stored study. `NotFoundError` when `initStudy` was never called on this file. */
+  study(): StoredStudy {
+    const row = this.sql.getStudy.get() as StudyDbRow | undefined;
+    if (!row) throw new NotFoundError('study in store', this.file, 'run initStudy first');
+    return { name: row.name, json: row.json, createdAt: row.created_at, updatedAt: row.updated_at };
+  }
+
+  /** The stored study's canonical JSON text. */
+  studyJson(): string {
+    return this.study().json;
+  }
+
+  /** Sets the study's updated time. */
+  touch(now: number): void {
+    checkTime(now, 'now');
+    this.requireMode();
+    this.sql.touchStudy.run(now);
+  }
+
+  // ------------------------------------------------------------------ events
+
+  /**
+   * Appends log entries, in order, in one transaction, and keeps `trials` and `metrics`
+   * in step: propose/fork add an active trial, extend sets its `until`, stop stops it (a
+   * failed trial stays failed), trialFailed fails it with its message, metric adds a
+   * metric row and updates its best. An entry that contradicts the log (a trial proposed
+   * twice, a metric of an unknown trial) rolls the whole batch back. With `now`, the
+   * study's updated time is set too.
+   */
+  append(entries: readonly LogEntry[], now?: number): void {
+    const mode = this.requireMode();
+    if (now !== undefined) checkTime(now, 'now');
+    this.db
+      .transaction(() => {
+        const touched = new Set<TrialId>();
+        entries.forEach((entry, i) => {
+          const where = `entries[${i}]`;
+          checkEntry(entry, where);
+          const info = this.sql.insertEvent.run(entry.t, entry.kind, encodeEntry(entry, where));
+          this.applyEntry(entry, Number(info.lastInsertRowid), where, touched);
+        });
+        for (const trial of touched) this.refreshBest(trial, mode);
+        if (now !== undefined) this.sql.touchStudy.run(now);
+      })
+      .immediate();
+  }
+
+  /** Every log entry, in order (what a resumed run replays). */
+  events(): LogEntry[] {
+    const rows = this.sql.allEvents.all() as { seq: number; json: string }[];
+    return rows.map((r) => decodeEntry(r.json, `events[seq ${r.seq}]`));
+  }
+
+  eventCount(): number {
+    return (this.sql.countEvents.get() as { n: number }).n;
+  }
+
+  private applyEntry(entry: LogEntry, seq: number, where: string, touched: Set<TrialId>): void {
+    switch (entry.kind) {
+      case 'propose':
+        this.addTrial(entry.trial, seq, entry.spec.until, null, null, where);
+        return;
+      case 'fork':
+        this.requireTrial(entry.source, `${where}.source`);
+        this.addTrial(entry.trial, seq, entry.until, entry.source, entry.at, where);
+        return;
+      case 'extend':
+        this.requireTrial(entry.trial, `${where}.trial`);
+        this.sql.setUntil.run(entry.until, entry.trial);
+        return;
+      case 'stop':
+        this.requireTrial(entry.trial, `${where}.trial`);
+        this.sql.stopTrial.run(entry.trial);
+        return;
+      case 'metric':
+        this.requireTrial(entry.trial, `${where}.trial`);
+        this.sql.upsertMetric.run(
+          entry.trial,
+          entry.step,
+          Number.isNaN(entry.value) ? null : entry.value,
+          seq,
+        );
+        touched.add(entry.trial);
+        return;
+      case 'trialFailed':
+        this.requireTrial(entry.trial, `${where}.trial`);
+        this.sql.failTrial.run(entry.message, entry.trial);
+        return;
+      case 'task':
+      case 'done':
+      case 'cancel':
+      case 'fail':
+      case 'lost':
+      case 'finish':
+        return;
+    }
+  }
+
+  private addTrial(
+    id: TrialId,
+    seq: number,
+    until: number,
+    forkOf: TrialId | null,
+    forkAt: number | null,
+    where: string,
+  ): void {
+    if (this.sql.getTrial.get(id) !== undefined) {
+      throw new ConflictError(
+        `${this.file}: ${where} adds trial ${JSON.stringify(id)}, which the log already has`,
+      );
+    }
+    this.sql.insertTrial.run(id, seq, until, forkOf, forkAt);
+  }
+
+  private requireTrial(id: TrialId, where: string): void {
+    if (this.sql.getTrial.get(id) === undefined) {
+      throw new ConflictError(
+        `${this.file}: ${where} names trial ${JSON.stringify(id)}, which the log never proposed`,
+      );
+    }
+  }
+
+  /** Recomputes a trial's best and last step from its metric rows. */
+  private refreshBest(trial: TrialId, mode: MetricMode): void {
+    const rows = this.sql.trialMetrics.all(trial) as { step: number; value: number | null }[];
+    let best: { step: number; value: number } | null = null;
+    let last: number | null = null;
+    for (const r of rows) {
+      last = r.step;
+      if (r.value === null) continue;
+      if (best === null || isBetter(mode, r.value, best.value))
+        best = { step: r.step, value: r.value };
+    }
+    this.sql.setBest.run(best?.value ?? null, best?.step ?? null, last, trial);
+  }
+
+  // ------------------------------------------------------------------ trials
+
+  /** Every trial, in proposal order. */
+  trials(): TrialRow[] {
+    return (this.sql.allTrials.all() as TrialDbRow[]).map(toTrialRow);
+  }
+
+  /** One trial. `NotFoundError` when the log never proposed it. */
+  trial(id: TrialId): TrialRow {
+    const row = this.sql.getTrial.get(id) as TrialDbRow | undefined;
+    if (!row) throw new NotFoundError('trial', id, `${this.file} has no such trial`);
+    return toTrialRow(row);
+  }
+
+  /** A trial's metrics by step (all trials' when `trial` is omitted, by trial then step). */
+  metrics(trial?: TrialId): MetricRow[] {
+    const rows = (
+      trial === undefined ? this.sql.allMetrics.all() : this.sql.trialMetricsFull.all(trial)
+    ) as { trial: string; step: number; value: number | null }[];
+    return rows.map((r) => ({ trial: r.trial, step: r.step, value: r.value ?? Number.NaN }));
+  }
+
+  /**
+   * Marks a trial failed with `message` (a worker failed its task for good). A later
+   * `stop` of it in the log keeps it failed. `NotFoundError` for an unknown trial.
+   */
+  failTrial(trialId: TrialId, message: string): void {
+    if (typeof message !== 'string') throw new ValidationError('message', 'a string', message);
+    const info = this.sql.failTrial.run(message, trialId);
+    if (info.changes === 0) {
+      throw new NotFoundError('trial', trialId, `${this.file} has no such trial`);
+    }
+  }
+
+  // ------------------------------------------------------------------ attempts
+
+  /** Records that a worker started a task; returns the attempt's id. */
+  recordAttempt(start: AttemptStart): number {
+    if (!Number.isSafeInteger(start.task) || start.task < 0) {
+      throw new ValidationError('task', 'an integer >= 0', start.task);
+    }
+    checkTime(start.startedAt, 'startedAt');
+    const info = this.sql.insertAttempt.run(start.task, start.worker, start.stage, start.startedAt);
+    return Number(info.lastInsertRowid);
+  }
+
+  /**
+   * Records how an attempt ended. `NotFoundError` for an unknown attempt, `ConflictError`
+   * for one that ended already.
+   */
+  finishAttempt(id: number, end: AttemptEnd): void {
+    checkTime(end.endedAt, 'endedAt');
+    if (!OUTCOMES.includes(end.outcome)) {
+      throw new ValidationError(
+        'outcome',
+        OUTCOMES.map((o) => JSON.stringify(o)).join(' | '),
+        end.outcome,
+      );
+    }
+    const seconds = end.seconds ?? {};
+    for (const [k, v] of Object.entries(seconds)) {
+      if (!Number.isFinite(v) || v < 0) {
+        throw new ValidationError(['seconds', k], 'a finite number >= 0', v);
+      }
+    }
+    this.db
+      .transaction(() => {
+        const row = this.sql.getAttempt.get(id) as AttemptDbRow | undefined;
+        if (!row)
+          throw new NotFoundError('attempt', String(id), `${this.file} has no such attempt`);
+        if (row.outcome !== null) {
+          throw new ConflictError(
+            `${this.file}: attempt ${id} (task ${row.task}) ended already (${row.outcome})`,
+          );
+        }
+        this.sql.finishAttempt.run(
+          end.endedAt,
+          end.outcome,
+          canonicalJson(seconds, 'seconds'),
+          end.error ?? null,
+          end.detail ?? null,
+          id,
+        );
+      })
+      .immediate();
+  }
+
+  /**
+   * Ends every attempt still open as `lost` at `now` (a resumed run does this first: the
+   * workers of the killed run are gone). Returns how many.
+   */
+  loseOpenAttempts(now: number, message: string): number {
+    checkTime(now, 'now');
+    return this.sql.loseOpen.run(now, message).changes;
+  }
+
+  /** Every attempt, in the order they started. */
+  attempts(): AttemptRow[] {
+    return (this.sql.allAttempts.all() as AttemptDbRow[]).map((r) => ({
+      id: r.id,
+      task: r.task,
+      worker: r.worker,
+      stage: r.stage,
+      startedAt: r.started_at,
+      endedAt: r.ended_at,
+      outcome: r.outcome,
+      seconds: r.seconds === null ? {} : (JSON.parse(r.seconds) as Record<string, number>),
+      error: r.error,
+      detail: r.detail,
+    }));
+  }
+
+  // ------------------------------------------------------------------ status
+
+  /** What `stagetree status` prints: trials, the best metric, failures, attempts. */
+  status(): StudyStatus {
+    return this.db
+      .transaction((): StudyStatus => {
+        const study = this.study();
+        const mode = this.requireMode();
+        const parsed = JSON.parse(study.json) as { metric: { name: unknown } };
+        const trials = this.trials();
+        const counts = { total: trials.length, active: 0, stopped: 0, failed: 0 };
+        let best: StudyStatus['best'] = null;
+        const failed: { trial: TrialId; message: string }[] = [];
+        for (const t of trials) {
+          counts[t.status]++;
+          if (t.status === 'failed') failed.push({ trial: t.id, message: t.error ?? '' });
+          if (t.best && (best === null || isBetter(mode, t.best.value, best.value))) {
+            best = { trial: t.id, step: t.best.step, value: t.best.value };
+          }
+        }
+        const byOutcome = Object.fromEntries(
+          OUTCOMES.map((o) => [o, { count: 0, seconds: 0 }]),
+        ) as Record<AttemptOutcome, { count: number; seconds: number }>;
+        const phaseSeconds: Record<string, number> = {};
+        let open = 0;
+        const attempts = this.attempts();
+        for (const a of attempts) {
+          if (a.outcome === null || a.endedAt === null) {
+            open++;
+            continue;
+          }
+          byOutcome[a.outcome].count++;
+          byOutcome[a.outcome].seconds += Math.max(0, a.endedAt - a.startedAt);
+          for (const [k, v] of Object.entries(a.seconds))
+            phaseSeconds[k] = (phaseSeconds[k] ?? 0) + v;
+        }
+        return {
+          file: this.file,
+          name: study.name,
+          createdAt: study.createdAt,
+          updatedAt: study.updatedAt,
+          metric: { name: String(parsed.metric.name), mode },
+          events: this.eventCount(),
+          finished: (this.sql.hasFinish.get() as { n: number }).n > 0,
+          trials: counts,
+          best,
+          failed,
+          attempts: { total: attempts.length, open, byOutcome, phaseSeconds },
+        };
+      })
+      .deferred();
+  }
+
+  /** The study's metric mode (read once; another connection may have stored the study). */
+  private requireMode(): MetricMode {
+    if (this.mode === null) {
+      const row = this.sql.getStudy.get() as StudyDbRow | undefined;
+      if (!row) throw new NotFoundError('study in store', this.file, 'run initStudy first');
+      this.mode = modeOf(row.json, this.file);
+    }
+    return this.mode;
+  }
+}
+
+function prepare(db: Database.Database) {
+  return {
+    getStudy: db.prepare('SELECT name, json, created_at, updated_at FROM study WHERE id = 1'),
+    insertStudy: db.prepare(
+      'INSERT INTO study (id, name, json, created_at, updated_at) VALUES (1, ?, ?, ?, ?)',
+    ),
+    touchStudy: db.prepare('UPDATE study SET updated_at = ? WHERE id = 1'),
+    insertEvent: db.prepare('INSERT INTO events (t, kind, json) VALUES (?, ?, ?)'),
+    allEvents: db.prepare('SELECT seq, json FROM events ORDER BY seq'),
+    countEvents: db.prepare('SELECT count(*) AS n FROM events'),
+    hasFinish: db.prepare(`SELECT count(*) AS n FROM events WHERE kind = 'finish'`),
+    getTrial: db.prepare('SELECT * FROM trials WHERE id = ?'),
+    allTrials: db.prepare('SELECT * FROM trials ORDER BY seq'),
+    insertTrial: db.prepare(
+      `INSERT INTO trials (id, seq, status, until, fork_of, fork_at) VALUES (?, ?, 'active', ?, ?, ?)`,
+    ),
+    setUntil: db.prepare('UPDATE trials SET until = ? WHERE id = ?'),
+    stopTrial: db.prepare(
+      `UPDATE trials SET status = 'stopped' WHERE id = ? AND status = 'active'`,
+    ),
+    failTrial: db.prepare(`UPDATE trials SET status = 'failed', error = ? WHERE id = ?`),
+    setBest: db.prepare('UPDATE trials SET best = ?, best_step = ?, last_step = ? WHERE id = ?'),
+    upsertMetric: db.prepare(
+      `INSERT INTO metrics (trial, step, value, seq) VALUES (?, ?, ?, ?)
+       ON CONFLICT (trial, step) DO UPDATE SET value = excluded.value, seq = excluded.seq`,
+    ),
+    trialMetrics: db.prepare('SELECT step, value FROM metrics WHERE trial = ? ORDER BY step'),
+    trialMetricsFull: db.prepare(
+      'SELECT trial, step, value FROM metrics WHERE trial = ? ORDER BY step',
+    ),
+    allMetrics: db.prepare(
+      'SELECT m.trial, m.step, m.value FROM metrics m JOIN trials t ON t.id = m.trial ORDER BY t.seq, m.step',
+    ),
+    insertAttempt: db.prepare(
+      'INSERT INTO attempts (task, worker, stage, started_at) VALUES (?, ?, ?, ?)',
+    ),
+    getAttempt: db.prepare('SELECT * FROM attempts WHERE id = ?'),
+    finishAttempt: db.prepare(
+      'UPDATE attempts SET ended_at = ?, outcome = ?, seconds = ?, error = ?, detail = ? WHERE id = ?',
+    ),
+    loseOpen: db.prepare(
+      `UPDATE attempts SET ended_at = ?, outcome = 'lost', seconds = '{}', error = ? WHERE outcome IS NULL`,
+    ),
+    allAttempts: db.prepare('SELECT * FROM attempts ORDER BY id'),
+  };
+}
+
+function toTrialRow(r: TrialDbRow): TrialRow {
+  return {
+    id: r.id,
+    seq: r.seq,
+    status: r.status,
+    until: r.until,
+    forkOf: r.fork_of === null ? null : { trial: r.fork_of, at: r.fork_at ?? 0 },
+    best: r.best === null || r.best_step === null ? null : { step: r.best_step, value: r.best },
+    lastStep: r.last_step,
+    error: r.error,
+  };
+}
+
+/** The metric mode of a study's JSON (`metric.mode`). */
+function modeOf(json: string, file: string): MetricMode {
+  const study = JSON.parse(json) as { metric?: { mode?: unknown } };
+  const mode = study.metric?.mode;
+  if (!METRIC_MODES.includes(mode as MetricMode)) {
+    throw new ValidationError(
+      'study.metric.mode',
+      `${METRIC_MODES.map((m) => JSON.stringify(m)).join(' or ')} (in ${file})`,
+      mode,
+    );
+  }
+  return mode as MetricMode;
+}
+
+function checkTime(t: unknown, what: string): void {
+  if (typeof t !== 'number' || !Number.isFinite(t)) {
+    throw new ValidationError(what, 'a finite number (seconds)', t);
+  }
+}
+
+/** Every log entry kind (a record, so a kind added to `LogEntry` fails to compile here). */
+const KIND_NAMES: Readonly<Record<LogEntry['kind'], true>> = {
+  propose: true,
+  fork: true,
+  extend: true,
+  stop: true,
+  task: true,
+  done: true,
+  cancel: true,
+  metric: true,
+  fail: true,
+  lost: true,
+  trialFailed: true,
+  finish: true,
+};
+const KINDS = new Set<string>(Object.keys(KIND_NAMES));
+
+/** The fields the store itself relies on; the rest is the engine's business. */
+function checkEntry(entry: LogEntry, where: string): void {
+  const e = entry as unknown as Record<string, unknown>;
+  if (typeof e !== 'object') throw new ValidationError(where, 'a log entry object', entry);
+  if (!KINDS.has(e['kind'] as string)) {
+    throw new ValidationError(`${where}.kind`, `one of ${[...KINDS].join(', ')}`, e['kind']);
+  }
+  checkTime(e['t'], `${where}.t`);
+  const int = (field: string, value: unknown) => {
+    if (!Number.isSafeInteger(value) || (value as number) < 0) {
+      throw new ValidationError(`${where}.${field}`, 'an integer >= 0', value);
+    }
+  };
+  const str = (field: string, value: unknown) => {
+    if (typeof value !== 'string' || value === '') {
+      throw new ValidationError(`${where}.${field}`, 'a non-empty string', value);
+    }
+  };
+  switch (entry.kind) {
+    case 'propose':
+      str('trial', entry.trial);
+      int('spec.until', (entry.spec as { until?: unknown } | undefined)?.until);
+      return;
+    case 'fork':
+      str('trial', entry.trial);
+      str('source', entry.source);
+      int('at', entry.at);
+      int('until', entry.until);
+      return;
+    case 'extend':
+      str('trial', entry.trial);
+      int('until', entry.until);
+      return;
+    case 'stop':
+      str('trial', entry.trial);
+      return;
+    case 'metric':
+      str('trial', entry.trial);
+      int('step', entry.step);
+      if (typeof entry.value !== 'number') {
+        throw new ValidationError(`${where}.value`, 'a number', entry.value);
+      }
+      return;
+    case 'trialFailed':
+      str('trial', entry.trial);
+      if (typeof entry.message !== 'string') {
+        throw new ValidationError(`${where}.message`, 'a string', entry.message);
+      }
+      return;
+    case 'done':
+    case 'cancel':
+    case 'fail':
+      int('task', entry.task);
+      return;
+    case 'lost':
+    case 'task':
+    case 'finish':
+      return;
+  }
+}
+
+function isSqliteError(e: unknown): e is Error & { code: string } {
+  return e instanceof Database.SqliteError;
+}

@@ -1,0 +1,251 @@
+import { spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { runStudy } from '../../src/cli/run.js';
+import { ExecutionMode } from '../../src/engine/index.js';
+import type { LogEntry } from '../../src/engine/index.js';
+import { canonicalize, parseSchedule, valueAt } from '../../src/schedule/index.js';
+import { StudyStore } from '../../src/store/index.js';
+import { gridConfigs, parseStudy } from '../../src/study/index.js';
+import type { Study } from '../../src/study/index.js';
+import { QuadraticTrainer } from '../../src/trainer/index.js';
+import { reportSteps } from '../../src/tuner/index.js';
+
+/**
+ * Real execution end to end: the engine's gRPC hub on 127.0.0.1, worker processes
+ * (dist/cli/worker.js) running the deterministic QuadraticTrainer, a SQLite store and
+ * checkpoint files. Every trial's metrics must be bit-identical to training it alone
+ * from scratch, whatever is killed or corrupted on the way.
+ */
+
+const ROOT = resolve(import.meta.dirname, '../..');
+const TRAINER = join(ROOT, 'dist', 'trainer', 'quadratic.js');
+const quiet = (): void => undefined;
+
+function studyJson(
+  overrides: Record<string, unknown> = {},
+  params: Record<string, unknown> = {},
+): Record<string, unknown> {
+  return {
+    name: 'quadratic',
+    params: { seed: 1, ...params },
+    space: {
+      lr: {
+        kind: 'multistep',
+        init: { choice: [0.02, 0.05] },
+        factor: 0.1,
+        milestones: [{ choice: [10, 15] }],
+      },
+      momentum: 0.9,
+    },
+    steps: 20,
+    evalEvery: 5,
+    tuner: { kind: 'grid' },
+    metric: { name: 'loss', mode: 'min' },
+    trainer: { kind: 'node', module: TRAINER, export: 'QuadraticTrainer' },
+    workers: 2,
+    ...overrides,
+  };
+}
+
+function setup(json: Record<string, unknown>): { file: string; study: Study; dir: string } {
+  const dir = mkdtempSync(join(tmpdir(), 'stagetree-run-'));
+  const file = join(dir, 'study.json');
+  writeFileSync(file, JSON.stringify(json));
+  return { file, study: parseStudy(json), dir };
+}
+
+/** Every trial's metric at every report step when it trains alone from scratch, in-process. */
+async function alone(study: Study): Promise<Map<string, number>> {
+  const out = new Map<string, number>();
+  const configs = gridConfigs(study);
+  for (const cfg of configs) {
+    const id = `t${cfg.index + 1}`;
+    for (const r of reportSteps(study)) {
+      const t = new QuadraticTrainer();
+      const params = { ...cfg.params, stepDelayMs: 0, failAboveLr: Number.POSITIVE_INFINITY };
+      t.init(params, typeof cfg.params.seed === 'number' ? cfg.params.seed : 0);
+      const lr = cfg.canonical.lr ?? canonicalize(parseSchedule(0.05));
+      await t.train(0, r, (s) => ({ lr: valueAt(lr, s), momentum: 0.9 }), { cancelled: false });
+      out.set(`${id}@${r}`, t.evaluate().loss as number);
+    }
+  }
+  return out;
+}
+
+function storedMetrics(db: string): Map<string, number> {
+  const store = StudyStore.open(db);
+  try {
+    return new Map(store.metrics().map((m) => [`${m.trial}@${m.step}`, m.value]));
+  } finally {
+    store.close();
+  }
+}
+
+function log(db: string): LogEntry[] {
+  const store = StudyStore.open(db);
+  try {
+    return store.events();
+  } finally {
+    store.close();
+  }
+}
+
+const stepsTrained = (entries: readonly LogEntry[]): number =>
+  entries.reduce(
+    (n, e) => (e.kind === 'task' ? n + e.task.runs.reduce((m, r) => m + r.end - r.start, 0) : n),
+    0,
+  );
+
+describe('stagetree run (real worker processes)', () => {
+  it('gives every trial the metrics it gets alone, training shared prefixes once', async () => {
+    expect(existsSync(TRAINER)).toBe(true);
+    const { file, study, dir } = setup(studyJson());
+    const out = await runStudy(file, study, { db: join(dir, 'st.db') }, { log: quiet });
+    expect(out.status.finished).toBe(true);
+    const expected = await alone(study);
+    expect(storedMetrics(out.paths.db)).toEqual(expected);
+    const base = await runStudy(
+      file,
+      study,
+      { db: join(dir, 'tb.db'), checkpoints: join(dir, 'tb') },
+      {
+        log: quiet,
+        mode: ExecutionMode.trialBased,
+      },
+    );
+    expect(storedMetrics(base.paths.db)).toEqual(expected);
+    // 4 trials x 20 steps alone; the tree shares [0, 10) per initial LR and [10, 15) for milestone 15.
+    expect(stepsTrained(log(base.paths.db))).toBe(80);
+    expect(stepsTrained(log(out.paths.db))).toBe(20 + 20 + 10 + 10);
+  });
+
+  it('survives a worker killed with SIGKILL mid-stage', async () => {
+    const { file, study, dir } = setup(studyJson({}, { stepDelayMs: 15 }));
+    let killed = false;
+    const out = await runStudy(
+      file,
+      study,
+      { db: join(dir, 'k.db') },
+      {
+        log: quiet,
+        onEvent: (e, pool) => {
+          if (!killed && e.kind === 'task' && (e.task.runs[0]?.start ?? 0) >= 5) {
+            killed = true;
+            const pid = pool.pid(e.task.worker);
+            setTimeout(() => {
+              if (pid !== undefined) process.kill(pid, 'SIGKILL');
+            }, 40);
+          }
+        },
+      },
+    );
+    expect(killed).toBe(true);
+    expect(log(out.paths.db).some((e) => e.kind === 'lost')).toBe(true);
+    expect(storedMetrics(out.paths.db)).toEqual(await alone(study));
+  });
+
+  it('fails the trials of a trainer that keeps throwing and finishes the others', async () => {
+    const { file, study, dir } = setup(studyJson({ retries: 1 }, { failAboveLr: 0.03 }));
+    const out = await runStudy(file, study, { db: join(dir, 'f.db') }, { log: quiet });
+    expect(out.status.trials.failed).toBe(2);
+    expect(out.status.failed.map((f) => f.message)).toEqual([
+      'learning rate 0.05 diverges (failAboveLr 0.03)',
+      'learning rate 0.05 diverges (failAboveLr 0.03)',
+    ]);
+    const expected = await alone(study);
+    const got = storedMetrics(out.paths.db);
+    for (const [k, v] of got) expect(v).toBe(expected.get(k));
+    expect([...got.keys()].filter((k) => k.startsWith('t1@') || k.startsWith('t2@'))).toHaveLength(
+      8,
+    );
+  });
+
+  it('detects a corrupted checkpoint by its checksum and re-computes the state', async () => {
+    const { file, study, dir } = setup(
+      studyJson(
+        {
+          workers: 1,
+          space: {
+            lr: { kind: 'piecewise', values: [0.05, { choice: [0.01, 0.02] }], boundaries: [10] },
+          },
+        },
+        { stepDelayMs: 10 },
+      ),
+    );
+    let corrupted = false;
+    const out = await runStudy(
+      file,
+      study,
+      { db: join(dir, 'c.db') },
+      {
+        log: quiet,
+        onEvent: (e) => {
+          // Corrupt the checkpoint a task is about to restore (the hook runs before the
+          // task's message leaves this process).
+          if (e.kind === 'task' && e.task.restore.from === 'checkpoint' && !corrupted) {
+            const path = join(
+              dir,
+              '.stagetree',
+              'quadratic-checkpoints',
+              `${e.task.restore.key}.ckpt`,
+            );
+            const bytes = readFileSync(path);
+            bytes[bytes.length - 1] = (bytes[bytes.length - 1] ?? 0) ^ 0xff;
+            writeFileSync(path, bytes);
+            corrupted = true;
+          }
+        },
+      },
+    );
+    expect(corrupted).toBe(true);
+    const entries = log(out.paths.db);
+    expect(entries.some((e) => e.kind === 'fail' && e.reason === 'checkpoint')).toBe(true);
+    expect(storedMetrics(out.paths.db)).toEqual(await alone(study));
+  });
+
+  it('resumes after the engine is killed, running no completed stage again', async () => {
+    const { file, study, dir } = setup(studyJson({ workers: 1 }, { stepDelayMs: 20 }));
+    const db = join(dir, 'r.db');
+    const child = spawn(
+      process.execPath,
+      [join(ROOT, 'bin', 'stagetree.js'), 'run', file, '--db', db],
+      {
+        stdio: 'ignore',
+      },
+    );
+    // Wait until some stages are done, then kill the engine.
+    await new Promise<void>((done) => {
+      const timer = setInterval(() => {
+        if (!existsSync(db)) return;
+        const n = log(db).filter((e) => e.kind === 'done').length;
+        if (n >= 2) {
+          clearInterval(timer);
+          child.kill('SIGKILL');
+          done();
+        }
+      }, 20);
+    });
+    await new Promise((r) => child.once('exit', r));
+    const before = log(db);
+    const doneStages = new Set<string>();
+    const taskStage = new Map<number, string>();
+    for (const e of before) {
+      if (e.kind === 'task')
+        taskStage.set(e.task.id, e.task.runs[e.task.runs.length - 1]?.stage ?? '');
+      if (e.kind === 'done') doneStages.add(taskStage.get(e.task) ?? '');
+    }
+    expect(doneStages.size).toBeGreaterThanOrEqual(2);
+    const out = await runStudy(file, study, { db }, { log: quiet });
+    expect(out.resumed).toBe(true);
+    expect(out.status.finished).toBe(true);
+    const after = log(db).slice(before.length);
+    for (const e of after) {
+      if (e.kind === 'task')
+        for (const r of e.task.runs) expect(doneStages.has(r.stage)).toBe(false);
+    }
+    expect(storedMetrics(db)).toEqual(await alone(study));
+  });
+});

@@ -1,0 +1,468 @@
+import { spawn } from 'node:child_process';
+import { existsSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import Database from 'better-sqlite3';
+import { describe, expect, it } from 'vitest';
+import { ExecutionMode, replay } from '../../src/engine/index.js';
+import type { LogEntry } from '../../src/engine/index.js';
+import { ConflictError, ErrorCode, NotFoundError, ValidationError } from '../../src/errors.js';
+import { MIGRATIONS, StudyStore } from '../../src/store/index.js';
+import { parseStudy } from '../../src/study/index.js';
+import type { Study } from '../../src/study/index.js';
+import { createTuner } from '../../src/tuner/index.js';
+import { engineOptions, simulate } from '../../src/workers/sim/index.js';
+import { BATCH, metric, propose, useTempDirs } from './helpers.js';
+
+const tempDir = useTempDirs();
+const storeFile = () => join(tempDir(), 'study.db');
+
+function ashaStudy(overrides: Record<string, unknown> = {}): Study {
+  return parseStudy({
+    name: 'asha-small',
+    params: { model: 'resnet20', seed: 0 },
+    space: {
+      lr: { kind: 'multistep', init: { loguniform: [0.01, 0.5] }, factor: 0.1, milestones: [30] },
+      momentum: 0.9,
+    },
+    steps: 40,
+    evalEvery: 10,
+    tuner: { kind: 'asha', trials: 12, eta: 3, minSteps: 10, seed: 4 },
+    metric: { name: 'accuracy', mode: 'max' },
+    trainer: { kind: 'sim', stepSeconds: 2, startSeconds: 5, saveSeconds: 0.5, loadSeconds: 0.2 },
+    workers: 3,
+    ...overrides,
+  });
+}
+
+/** A store with a `min` study, as most tests want. */
+function minStore(file = storeFile()): StudyStore {
+  const store = StudyStore.open(file);
+  store.initStudy('s', { name: 's', steps: 30, metric: { name: 'loss', mode: 'min' } }, 100);
+  return store;
+}
+
+function caught(fn: () => unknown): unknown {
+  try {
+    fn();
+  } catch (e) {
+    return e;
+  }
+  throw new Error('expected an error');
+}
+
+describe('StudyStore: file and schema', () => {
+  it('creates the file (and folder) in WAL mode at the current schema version', () => {
+    const file = join(tempDir(), 'nested', 'dir', 'study.db');
+    const store = StudyStore.open(file);
+    expect(store.file).toBe(file);
+    expect(store.hasStudy()).toBe(false);
+    store.close();
+    store.close(); // harmless
+    const db = new Database(file, { readonly: true });
+    expect(db.pragma('journal_mode', { simple: true })).toBe('wal');
+    expect(db.pragma('user_version', { simple: true })).toBe(MIGRATIONS.length);
+    const tables = db
+      .prepare(`SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name`)
+      .pluck()
+      .all();
+    expect(tables).toEqual(['attempts', 'events', 'metrics', 'study', 'trials']);
+    db.close();
+  });
+
+  it('refuses an SQLite file that is not a study store, and a file that is not SQLite', () => {
+    const other = storeFile();
+    const db = new Database(other);
+    db.exec('CREATE TABLE users (id INTEGER)');
+    db.close();
+    const e = caught(() => StudyStore.open(other));
+    expect(e).toBeInstanceOf(ConflictError);
+    expect((e as Error).message).toContain(other);
+    expect((e as Error).message).toContain('not a stagetree study store');
+
+    const text = join(tempDir(), 'study.json');
+    writeFileSync(text, JSON.stringify({ name: 'oops', and: 'some more text'.repeat(100) }));
+    const e2 = caught(() => StudyStore.open(text));
+    expect(e2).toBeInstanceOf(ConflictError);
+    expect((e2 as Error).message).toContain(text);
+  });
+
+  it('refuses a file written by a newer schema', () => {
+    const file = storeFile();
+    StudyStore.open(file).close();
+    const db = new Database(file);
+    db.pragma(`user_version = ${MIGRATIONS.length + 1}`);
+    db.close();
+    const e = caught(() => StudyStore.open(file));
+    expect((e as { code: string }).code).toBe(ErrorCode.unsupported);
+    expect((e as Error).message).toMatch(/newer than this stagetree knows/);
+  });
+});
+
+describe('StudyStore: the study', () => {
+  it('stores canonical JSON and resumes only the same study', () => {
+    const file = storeFile();
+    const study = ashaStudy();
+    const a = StudyStore.open(file);
+    expect(() => a.studyJson()).toThrow(NotFoundError);
+    expect(a.initStudy(study.name, study, 1000)).toBe('created');
+    const json = a.studyJson();
+    expect(JSON.parse(json)).toEqual(JSON.parse(JSON.stringify(study)));
+    expect(json.startsWith('{"checkpointEvery":')).toBe(true); // sorted keys
+    a.close();
+
+    // The same study, its keys in another order: a resume.
+    const b = StudyStore.open(file);
+    const reordered = Object.fromEntries(Object.entries(study).reverse());
+    expect(b.initStudy(study.name, reordered, 2000)).toBe('resumed');
+    expect(b.study()).toEqual({ name: study.name, json, createdAt: 1000, updatedAt: 2000 });
+
+    // A different one: a ConflictError naming the file and the field.
+    const e = caught(() => b.initStudy(study.name, ashaStudy({ steps: 50 }), 3000));
+    expect(e).toBeInstanceOf(ConflictError);
+    const msg = (e as Error).message;
+    expect(msg).toContain(file);
+    expect(msg).toContain('first difference at steps: stored 40 (number), given 50 (number)');
+    expect(b.studyJson()).toBe(json);
+    expect(b.study().updatedAt).toBe(2000);
+
+    const e2 = caught(() => b.initStudy('renamed', study, 3000));
+    expect(e2).toBeInstanceOf(ConflictError);
+    expect((e2 as Error).message).toContain('first difference at name');
+    b.close();
+  });
+
+  it('rejects a study without a metric mode, and values JSON cannot hold', () => {
+    const store = StudyStore.open(storeFile());
+    expect(() => store.initStudy('x', { metric: { name: 'loss' } }, 0)).toThrow(
+      /study\.metric\.mode: expected "min" or "max"/,
+    );
+    expect(() =>
+      store.initStudy('x', { metric: { name: 'loss', mode: 'min' }, steps: Number.NaN }, 0),
+    ).toThrow(ValidationError);
+    expect(store.hasStudy()).toBe(false);
+    expect(() => store.append([propose(0, 't1', 10)])).toThrow(/initStudy first/);
+    store.close();
+  });
+});
+
+describe('StudyStore: the event log', () => {
+  it('round-trips a simulated study log, which replays to the same decisions', () => {
+    const study = ashaStudy();
+    const sim = simulate(study, ExecutionMode.stageTree);
+    expect(sim.log.length).toBeGreaterThan(50);
+    const file = storeFile();
+    const store = StudyStore.open(file);
+    store.initStudy(study.name, study, 0);
+    // In uneven batches, as a run appends after each engine step.
+    for (let i = 0; i < sim.log.length; i += 7) store.append(sim.log.slice(i, i + 7));
+    store.close();
+
+    const again = StudyStore.open(file);
+    const events = again.events();
+    expect(events).toEqual(sim.log);
+    expect(again.eventCount()).toBe(sim.log.length);
+    expect(JSON.parse(again.studyJson())).toEqual(JSON.parse(JSON.stringify(study)));
+    const r = replay(
+      study,
+      events,
+      createTuner(study),
+      engineOptions(study, ExecutionMode.stageTree),
+    );
+    expect(r.sameLog).toBe(true);
+
+    // The derived tables agree with the log.
+    const proposed = sim.log.filter((e) => e.kind === 'propose' || e.kind === 'fork');
+    const trials = again.trials();
+    expect(trials.map((t) => t.id)).toEqual(proposed.map((e) => e.trial));
+    const metrics = sim.log.filter((e) => e.kind === 'metric');
+    expect(again.metrics()).toHaveLength(metrics.length);
+    const status = again.status();
+    expect(status.finished).toBe(sim.log.some((e) => e.kind === 'finish'));
+    expect(status.best?.value).toBe(sim.best?.metric);
+    expect(status.trials.total).toBe(proposed.length);
+    again.close();
+  });
+
+  it('reads what another, still open, store on the same file committed', () => {
+    const file = storeFile();
+    const early = StudyStore.open(file); // opened before the study exists
+    const writer = minStore(file);
+    writer.append([propose(1, 't1', 30), metric(2, 't1', 10, 0.5)]);
+    expect(early.status().best).toEqual({ trial: 't1', step: 10, value: 0.5 });
+    early.close();
+    const reader = StudyStore.open(file); // the writer is neither closed nor checkpointed
+    expect(reader.events()).toHaveLength(2);
+    expect(reader.trial('t1').best).toEqual({ step: 10, value: 0.5 });
+    writer.append([metric(3, 't1', 20, 0.25)]);
+    expect(reader.eventCount()).toBe(3);
+    expect(
+      reader.initStudy('s', { name: 's', steps: 30, metric: { name: 'loss', mode: 'min' } }, 5),
+    ).toBe('resumed');
+    reader.close();
+    writer.close();
+  });
+
+  it('keeps every committed batch whole when the writing process is killed', async () => {
+    const file = storeFile();
+    const root = fileURLToPath(new URL('../..', import.meta.url));
+    const child = spawn(
+      process.execPath,
+      ['--import', 'tsx', fileURLToPath(new URL('./writer.ts', import.meta.url)), file],
+      { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    let committed = 0;
+    await new Promise<void>((resolve, reject) => {
+      let out = '';
+      child.stdout.on('data', (d: Buffer) => {
+        out += d.toString();
+        const lines = out.split('\n').filter((l) => l !== '');
+        committed = Number(lines[lines.length - 1]);
+        if (lines.length >= 25 && child.exitCode === null) child.kill('SIGKILL');
+      });
+      child.on('exit', (code, signal) => {
+        if (signal === 'SIGKILL') resolve();
+        else reject(new Error(`writer exited with ${code}: ${stderr}`));
+      });
+    });
+    expect(existsSync(`${file}-wal`)).toBe(true); // killed before any clean close
+
+    const store = StudyStore.open(file);
+    const events = store.events();
+    expect(events.length).toBeGreaterThanOrEqual(committed);
+    expect(events.length % BATCH).toBe(0); // no half batch
+    const trials = store.trials();
+    expect(trials).toHaveLength(events.length / 2);
+    expect(store.metrics()).toHaveLength(events.length / 2);
+    expect(trials.every((t) => t.best !== null && t.status === 'active')).toBe(true);
+    expect(store.status().best).toEqual({ trial: 't1', step: 10, value: 0 });
+    store.close();
+  });
+
+  it('stores NaN and infinite metrics losslessly; NaN is never best', () => {
+    const file = storeFile();
+    const store = minStore(file);
+    const log: LogEntry[] = [
+      propose(0, 't1', 30),
+      metric(1, 't1', 10, Number.NaN),
+      metric(2, 't1', 20, Number.POSITIVE_INFINITY),
+      metric(3, 't1', 30, 2.5),
+      propose(4, 't2', 30),
+      metric(5, 't2', 10, Number.NEGATIVE_INFINITY),
+      { t: 6, kind: 'done', task: 3, metric: Number.NaN },
+    ];
+    store.append(log);
+    store.close();
+    const again = StudyStore.open(file);
+    expect(again.events()).toEqual(log);
+    expect(again.metrics('t1').map((m) => m.value)).toEqual([Number.NaN, Infinity, 2.5]);
+    expect(again.trial('t1').best).toEqual({ step: 30, value: 2.5 });
+    expect(again.trial('t2').best).toEqual({ step: 10, value: -Infinity });
+    expect(again.status().best).toEqual({ trial: 't2', step: 10, value: -Infinity });
+    again.close();
+  });
+
+  it('rejects a batch that contradicts the log, and writes none of it', () => {
+    const store = minStore();
+    store.append([propose(0, 't1', 30)]);
+    const bad = caught(() => store.append([propose(1, 't2', 30), metric(2, 't9', 10, 1)]));
+    expect(bad).toBeInstanceOf(ConflictError);
+    expect((bad as Error).message).toContain('entries[1].trial names trial "t9"');
+    expect(() => store.append([propose(1, 't1', 30)])).toThrow(/already has/);
+    expect(() => store.append([{ t: Number.NaN, kind: 'finish' }])).toThrow(
+      /entries\[0\]\.t: expected a finite number/,
+    );
+    expect(() => store.append([metric(1, 't1', -1, 0)])).toThrow(/entries\[0\]\.step/);
+    expect(store.eventCount()).toBe(1);
+    expect(store.trials().map((t) => t.id)).toEqual(['t1']);
+    store.close();
+  });
+});
+
+describe('StudyStore: trials and metrics follow the events', () => {
+  it('propose, metric, extend, fork, stop, fail', () => {
+    const store = minStore();
+    store.append([propose(0, 't1', 10), propose(0, 't2', 10), metric(5, 't1', 10, 0.5)]);
+    store.append([
+      metric(5, 't2', 10, 0.7),
+      { t: 6, kind: 'extend', trial: 't1', until: 30, reports: [20] },
+      metric(8, 't1', 20, 0.3),
+      metric(9, 't1', 30, 0.4),
+      { t: 9, kind: 'stop', trial: 't2' },
+      {
+        t: 9,
+        kind: 'fork',
+        trial: 't3',
+        source: 't1',
+        at: 20,
+        schedules: {},
+        until: 30,
+        reports: [],
+      },
+    ]);
+    expect(store.trials()).toEqual([
+      {
+        id: 't1',
+        seq: 1,
+        status: 'active',
+        until: 30,
+        forkOf: null,
+        best: { step: 20, value: 0.3 },
+        lastStep: 30,
+        error: null,
+      },
+      {
+        id: 't2',
+        seq: 2,
+        status: 'stopped',
+        until: 10,
+        forkOf: null,
+        best: { step: 10, value: 0.7 },
+        lastStep: 10,
+        error: null,
+      },
+      {
+        id: 't3',
+        seq: 9,
+        status: 'active',
+        until: 30,
+        forkOf: { trial: 't1', at: 20 },
+        best: null,
+        lastStep: null,
+        error: null,
+      },
+    ]);
+    expect(store.metrics('t1')).toEqual([
+      { trial: 't1', step: 10, value: 0.5 },
+      { trial: 't1', step: 20, value: 0.3 },
+      { trial: 't1', step: 30, value: 0.4 },
+    ]);
+
+    // As the engine logs a failure: the trial fails, then it is stopped (and stays failed).
+    store.append([
+      { t: 10, kind: 'fail', task: 4, message: 'CUDA out of memory', reason: 'trainer' },
+      { t: 10, kind: 'trialFailed', trial: 't3', message: 'CUDA out of memory' },
+      { t: 10, kind: 'stop', trial: 't3' },
+      { t: 11, kind: 'lost', worker: 'w2', reason: 'heartbeat timeout' },
+    ]);
+    expect(store.trial('t3')).toMatchObject({ status: 'failed', error: 'CUDA out of memory' });
+    expect(
+      store
+        .events()
+        .slice(-4)
+        .map((e) => e.kind),
+    ).toEqual(['fail', 'trialFailed', 'stop', 'lost']);
+    // Or by a direct call, for a failure the log does not carry.
+    store.failTrial('t1', 'diverged');
+    store.append([{ t: 12, kind: 'stop', trial: 't1' }]);
+    expect(store.trial('t1')).toMatchObject({ status: 'failed', error: 'diverged' });
+    expect(() => store.failTrial('t7', 'x')).toThrow(NotFoundError);
+    expect(() => store.trial('t7')).toThrow(NotFoundError);
+    store.close();
+  });
+
+  it('takes the metric mode from the stored study', () => {
+    const store = StudyStore.open(storeFile());
+    store.initStudy('m', { metric: { name: 'acc', mode: 'max' } }, 0);
+    store.append([propose(0, 't1', 20), metric(1, 't1', 10, 0.5), metric(2, 't1', 20, 0.4)]);
+    expect(store.trial('t1').best).toEqual({ step: 10, value: 0.5 });
+    store.close();
+  });
+});
+
+describe('StudyStore: attempts and status', () => {
+  it('summarises trials, the best, failures and attempts', () => {
+    const file = storeFile();
+    const store = minStore(file);
+    store.append(
+      [
+        propose(0, 't1', 30),
+        propose(0, 't2', 30),
+        propose(0, 't3', 30),
+        metric(10, 't1', 10, 0.9),
+        metric(10, 't2', 10, 0.4),
+        metric(20, 't1', 20, 0.6),
+        { t: 20, kind: 'stop', trial: 't1' },
+      ],
+      150,
+    );
+    const a1 = store.recordAttempt({ task: 1, worker: 'w0', stage: 'S1', startedAt: 101 });
+    const a2 = store.recordAttempt({ task: 2, worker: 'w1', stage: 'S2', startedAt: 102 });
+    const a3 = store.recordAttempt({ task: 3, worker: 'w0', stage: 'S3', startedAt: 112 });
+    const a4 = store.recordAttempt({ task: 3, worker: 'w1', stage: 'S3', startedAt: 130 });
+    store.recordAttempt({ task: 4, worker: 'w2', stage: 'S4', startedAt: 131 });
+    store.finishAttempt(a1, {
+      endedAt: 111,
+      outcome: 'done',
+      seconds: { start: 5, train: 4, save: 0.5 },
+    });
+    store.finishAttempt(a2, { endedAt: 104, outcome: 'cancelled' });
+    store.finishAttempt(a3, {
+      endedAt: 115,
+      outcome: 'failed',
+      seconds: { train: 2 },
+      error: 'RuntimeError: CUDA error',
+      detail: 'Traceback (most recent call last): ...',
+    });
+    store.failTrial('t3', 'task 3 failed twice: RuntimeError: CUDA error');
+    expect(() => store.finishAttempt(a3, { endedAt: 116, outcome: 'done' })).toThrow(
+      /attempt 3 \(task 3\) ended already \(failed\)/,
+    );
+    expect(() => store.finishAttempt(99, { endedAt: 116, outcome: 'done' })).toThrow(NotFoundError);
+    expect(() => store.finishAttempt(a4, { endedAt: 140, outcome: 'exploded' as 'done' })).toThrow(
+      ValidationError,
+    );
+    store.finishAttempt(a4, { endedAt: 140, outcome: 'failed', error: 'again' });
+    store.close();
+
+    // A resumed run: the open attempt's worker is gone.
+    const again = StudyStore.open(file);
+    expect(again.loseOpenAttempts(200, 'the run was interrupted')).toBe(1);
+    const status = again.status();
+    expect(status).toEqual({
+      file,
+      name: 's',
+      createdAt: 100,
+      updatedAt: 150,
+      metric: { name: 'loss', mode: 'min' },
+      events: 7,
+      finished: false,
+      trials: { total: 3, active: 1, stopped: 1, failed: 1 },
+      best: { trial: 't2', step: 10, value: 0.4 },
+      failed: [{ trial: 't3', message: 'task 3 failed twice: RuntimeError: CUDA error' }],
+      attempts: {
+        total: 5,
+        open: 0,
+        byOutcome: {
+          done: { count: 1, seconds: 10 },
+          failed: { count: 2, seconds: 13 },
+          cancelled: { count: 1, seconds: 2 },
+          lost: { count: 1, seconds: 69 },
+        },
+        phaseSeconds: { start: 5, train: 6, save: 0.5 },
+      },
+    });
+    expect(JSON.parse(JSON.stringify(status))).toEqual(status);
+    expect(again.attempts()[2]).toEqual({
+      id: a3,
+      task: 3,
+      worker: 'w0',
+      stage: 'S3',
+      startedAt: 112,
+      endedAt: 115,
+      outcome: 'failed',
+      seconds: { train: 2 },
+      error: 'RuntimeError: CUDA error',
+      detail: 'Traceback (most recent call last): ...',
+    });
+    again.close();
+  });
+
+  it('status without a study is a NotFoundError', () => {
+    const store = StudyStore.open(storeFile());
+    expect(() => store.status()).toThrow(NotFoundError);
+    store.close();
+  });
+});
