@@ -474,6 +474,7 @@ export class Engine {
       ready,
       (s) => this.stepCost(s),
       (s) => s.parent !== null && held.has(s.parent),
+      this.options.mode === ExecutionMode.trialBased,
     );
     let placedAny = false;
     for (const s of ordered) {

@@ -32,17 +32,21 @@ export function criticalPath(
  * Ready stages in the order to place them: longest critical path first; among equal
  * paths (within a millionth), a stage whose parent state an idle worker holds in memory
  * (`hot`) first, so that a worker continues its own line instead of trading states with
- * another through a save and a load; then by id.
+ * another through a save and a load; then by id. With `hotFirst`, hot stages go first
+ * whatever their path (trial-based mode: a trial runs to its end on its process before
+ * another starts, as today's systems run them).
  */
 export function orderReady(
   tree: StageTree,
   ready: readonly Stage[],
   cost: (s: Stage) => number,
   hot: (s: Stage) => boolean = () => false,
+  hotFirst = false,
 ): Stage[] {
   const memo = new Map<StageId, number>();
   const keyed = ready.map((s) => ({ s, p: criticalPath(tree, s.id, cost, memo), hot: hot(s) }));
   keyed.sort((a, b) => {
+    if (hotFirst && a.hot !== b.hot) return a.hot ? -1 : 1;
     const scale = Math.max(Math.abs(a.p), Math.abs(b.p), 1e-12);
     if (Math.abs(a.p - b.p) > 1e-6 * scale) return b.p - a.p;
     if (a.hot !== b.hot) return a.hot ? -1 : 1;

@@ -115,7 +115,7 @@ export class QuadraticTrainer implements Trainer {
 
   save(): Uint8Array {
     const s = this.state;
-    const floats = new Float64Array([s.seed, s.step, ...s.w, ...s.v]);
+    const floats = new Float64Array([this.delayMs, this.failAbove, s.seed, s.step, ...s.w, ...s.v]);
     return new Uint8Array(floats.buffer.slice(0));
   }
 
@@ -123,13 +123,15 @@ export class QuadraticTrainer implements Trainer {
     const floats = new Float64Array(
       bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength),
     );
-    const seed = floats[0] as number;
+    this.delayMs = floats[0] as number;
+    this.failAbove = floats[1] as number;
+    const seed = floats[2] as number;
     this.makeData(seed);
     this.state = {
       seed,
-      step: floats[1] as number,
-      w: Array.from(floats.subarray(2, 2 + DIM)),
-      v: Array.from(floats.subarray(2 + DIM, 2 + 2 * DIM)),
+      step: floats[3] as number,
+      w: Array.from(floats.subarray(4, 4 + DIM)),
+      v: Array.from(floats.subarray(4 + DIM, 4 + 2 * DIM)),
     };
   }
 }

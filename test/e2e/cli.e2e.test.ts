@@ -1,4 +1,7 @@
 import { execFileSync } from 'node:child_process';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 
 // The installed command, as a user runs it (dist/ is built by `npm install` / `npm test`).
@@ -30,5 +33,40 @@ describe('the stagetree command', () => {
     expect(stderr.trim()).toBe(
       'error STAGETREE_VALIDATION: does-not-exist.json: cannot read the study file (ENOENT)',
     );
+  });
+
+  it("runs the README's example study for real and reports it", () => {
+    const dir = mkdtempSync(join(tmpdir(), 'stagetree-readme-'));
+    const db = join(dir, 'study.db');
+    const out = execFileSync(
+      process.execPath,
+      [
+        'bin/stagetree.js',
+        'run',
+        'examples/quadratic-node.json',
+        '--db',
+        db,
+        '--checkpoints',
+        join(dir, 'ck'),
+        '--json',
+      ],
+      { encoding: 'utf8' },
+    );
+    const status = JSON.parse(out) as {
+      finished: boolean;
+      trials: { total: number; failed: number };
+      best: unknown;
+    };
+    expect(status.finished).toBe(true);
+    expect(status.trials).toMatchObject({ total: 4, failed: 0 });
+    expect(status.best).not.toBeNull();
+    const shown = execFileSync(
+      process.execPath,
+      ['bin/stagetree.js', 'status', 'examples/quadratic-node.json', '--db', db],
+      {
+        encoding: 'utf8',
+      },
+    );
+    expect(shown).toMatch(/study quadratic-node-lr-grid: finished, 4 trials/);
   });
 });
