@@ -65,7 +65,9 @@ function row(name: string, study: Study): Row {
 const rows: Row[] = [];
 // The example studies, on 20 GPUs.
 for (const f of readdirSync(new URL('examples/', root)).sort()) {
-  rows.push(row(`examples/${f}`, load(`examples/${f}`, { workers: 20 })));
+  if (!f.endsWith('.json')) continue;
+  const study = load(`examples/${f}`, { workers: 20 });
+  if (study.trainer.kind === 'sim') rows.push(row(`examples/${f}`, study));
 }
 // Studies shaped like the published results, and a grid with nothing to share.
 for (const f of readdirSync(new URL('benchmarks/sim/studies/', root)).sort()) {
