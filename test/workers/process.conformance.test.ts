@@ -1,0 +1,45 @@
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { runStudy } from '../../src/cli/run.js';
+import { ExecutionMode } from '../../src/engine/index.js';
+import { valueAt } from '../../src/schedule/index.js';
+import type { Canonical } from '../../src/schedule/index.js';
+import { StudyStore } from '../../src/store/index.js';
+import { QuadraticTrainer } from '../../src/trainer/index.js';
+import { engineOptions } from '../../src/workers/sim/index.js';
+import { describeBackendConformance, proposal } from './conformance.js';
+
+const TRAINER = join(resolve(import.meta.dirname, '../..'), 'dist', 'trainer', 'quadratic.js');
+
+describeBackendConformance('process', {
+  trainer: { kind: 'node', module: TRAINER, export: 'QuadraticTrainer' },
+  run: async (study) => {
+    const dir = mkdtempSync(join(tmpdir(), 'stagetree-conf-'));
+    const file = join(dir, 'study.json');
+    writeFileSync(file, JSON.stringify({ name: study.name }));
+    const out = await runStudy(file, study, { db: join(dir, 'c.db') }, { log: () => undefined });
+    const store = StudyStore.open(out.paths.db);
+    try {
+      return {
+        log: store.events(),
+        options: { ...engineOptions(study, ExecutionMode.stageTree), durable: true },
+      };
+    } finally {
+      store.close();
+    }
+  },
+  alone: async (_study, trial, step, log) => {
+    const spec = proposal(log, trial);
+    const t = new QuadraticTrainer();
+    t.init(spec.params, typeof spec.params.seed === 'number' ? spec.params.seed : 0);
+    const hps = Object.keys(spec.schedules).sort();
+    await t.train(
+      0,
+      step,
+      (s) => Object.fromEntries(hps.map((h) => [h, valueAt(spec.schedules[h] as Canonical, s)])),
+      { cancelled: false },
+    );
+    return t.evaluate().loss as number;
+  },
+});
