@@ -177,6 +177,18 @@ export async function runStudy(
         welcome: { kind: 'welcome', checkpointDir: paths.checkpoints, heartbeatSeconds: 1 },
         ...(options.log ? { log: options.log } : {}),
       });
+      // Ctrl-C / SIGTERM: stop the workers cleanly and leave; the store holds everything
+      // completed, and running the study again resumes it.
+      const running = pool;
+      const interrupt = (signal: NodeJS.Signals): void => {
+        process.stderr.write(`stagetree: ${signal}, stopping workers; run again to resume\n`);
+        void running.shutdown(`the engine got ${signal}`).finally(() => {
+          store.close();
+          process.exit(130);
+        });
+      };
+      process.once('SIGINT', interrupt);
+      process.once('SIGTERM', interrupt);
       const result = await runWithPool({
         study,
         tuner: createTuner(study),
@@ -194,6 +206,8 @@ export async function runStudy(
           ? { heartbeatTimeout: options.heartbeatTimeout }
           : {}),
       });
+      process.off('SIGINT', interrupt);
+      process.off('SIGTERM', interrupt);
       // The study is over: nothing can need a checkpoint any more.
       checkpoints.collect(new Set(), { temporary: true });
       return { status: store.status(), resumed, seconds: result.seconds, paths };
