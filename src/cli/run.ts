@@ -1,6 +1,8 @@
-import { mkdirSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { ConflictError } from '../errors.js';
 import { ExecutionMode } from '../engine/index.js';
 import type { LogEntry } from '../engine/index.js';
 import { startWorkerHub } from '../rpc/index.js';
@@ -46,6 +48,7 @@ function workerCommand(studyFile: string, study: Study): (workerId: string) => W
         },
       });
     case 'python':
+      ensurePythonStubs(trainer.python);
       return () => ({
         file: trainer.python,
         args: ['-m', 'stagetree.worker'],
@@ -120,6 +123,20 @@ class AttemptLog {
     if (!o) return;
     this.open.delete(task);
     this.store.finishAttempt(o.attempt, { endedAt: now, ...end });
+  }
+}
+
+/** The Python runtime's generated stubs (python/stagetree/gen, not committed). */
+function ensurePythonStubs(python: string): void {
+  if (existsSync(join(ROOT, 'python', 'stagetree', 'gen', 'worker_pb2.py'))) return;
+  const r = spawnSync('bash', [join(ROOT, 'python', 'gen.sh')], {
+    env: { ...process.env, PYTHON: python },
+    encoding: 'utf8',
+  });
+  if (r.status !== 0) {
+    throw new ConflictError(
+      `cannot generate the Python worker's protocol stubs: ${(r.stderr || r.stdout).trim()}`,
+    );
   }
 }
 

@@ -1,0 +1,741 @@
+"""The Python worker runtime: a trainer process that takes work from the engine.
+
+Run as ``python -m stagetree.worker`` with these environment variables (the engine's
+worker pool sets them):
+
+- ``STAGETREE_ENGINE``: the engine's worker port, ``host:port``.
+- ``STAGETREE_WORKER_ID``: this worker's id, unique among live workers.
+- ``STAGETREE_TRAINER``: the trainer class, ``module:Class`` (imported from
+  ``PYTHONPATH``; the class is instantiated once, with no arguments).
+- ``STAGETREE_GPU_SHARE``: the share of its GPUs the worker was started for, in
+  ``(0, 1]``; default 1.
+- ``CUDA_VISIBLE_DEVICES``: the GPUs it may use (reported to the engine).
+- ``STAGETREE_CONNECT_TIMEOUT``: seconds to wait for the engine; default 30.
+
+The protocol (``proto/stagetree/v1/worker.proto``): the worker dials the engine, opens
+``WorkerHubService.Connect``, sends ``Register``, waits for ``Welcome``, then sends a
+``Heartbeat`` every ``heartbeat_seconds`` from a thread and serves ``RunTask`` one at a
+time with one trainer instance kept across tasks. ``CancelTask`` stops the running task
+at the next step (``hp(step)`` raises ``Cancelled``) and drops the trainer's state;
+``Shutdown`` lets the running task finish, starts no other and ends the process with
+status 0; losing the engine stops the running task and ends the process with status 1
+and a one-line message on stderr. A configuration error (missing variable, trainer
+that does not import) ends it with status 2 before it connects.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import queue
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Mapping
+
+from . import checkpoints
+from .schedule import Hp, Schedule, schedules_from_proto
+from .trainer import Cancelled
+
+__all__ = [
+    "PROTOCOL",
+    "ConfigError",
+    "WorkerConfig",
+    "config_from_env",
+    "load_trainer_class",
+    "Worker",
+    "main",
+]
+
+PROTOCOL = "stagetree.v1"
+LANGUAGE = "python"
+
+EXIT_OK = 0
+EXIT_ENGINE_LOST = 1
+EXIT_CONFIG = 2
+
+#: Seconds a trainer gets to reach a step boundary after the engine is lost before the
+#: process ends regardless.
+STOP_GRACE_SECONDS = 10.0
+
+#: TaskDone.seconds keys: process start-up (first task only), init(), checkpoint read
+#: and load(), save() and write, train(), evaluate().
+#: Seconds to wait, when the worker ends after Shutdown, for queued messages to go out
+#: and the engine to end the stream.
+DRAIN_SECONDS = 5.0
+
+PHASES = ("start", "init", "load", "save", "train", "evaluate")
+
+_T0 = time.monotonic()  # about when the process started (this module is imported early)
+
+
+class ConfigError(Exception):
+    """The worker's environment is wrong; the message says which variable and why."""
+
+    code = "WORKER_CONFIG"
+
+
+class ProtocolError(Exception):
+    """The engine asked for something the worker cannot do (its bookkeeping and the
+    worker's state disagree). Reported as TaskFailed with reason "worker"."""
+
+
+class CheckpointUnavailable(Exception):
+    """The checkpoint to restore is missing or corrupt: TaskFailed with reason
+    "checkpoint" (the engine re-computes the state instead of retrying)."""
+
+
+#: TaskFailed.reason values (worker.proto).
+REASON_TRAINER = "trainer"
+REASON_CHECKPOINT = "checkpoint"
+REASON_WORKER = "worker"
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    engine: str
+    worker_id: str
+    trainer: str
+    gpu_share: float = 1.0
+    gpus: tuple[int, ...] = ()
+    connect_timeout: float = 30.0
+
+
+def _parse_gpus(value: str | None) -> tuple[int, ...]:
+    """GPU indices from CUDA_VISIBLE_DEVICES; UUID or MIG names (not indices) are left
+    out, and a negative index hides every GPU (CUDA's own rule)."""
+    out = []
+    for part in (value or "").split(","):
+        part = part.strip()
+        try:
+            n = int(part)
+        except ValueError:
+            continue
+        if n < 0:
+            break
+        out.append(n)
+    return tuple(out)
+
+
+def config_from_env(env: Mapping[str, str] | None = None) -> WorkerConfig:
+    """Reads the worker's configuration from environment variables."""
+    env = os.environ if env is None else env
+
+    def need(name: str, expected: str) -> str:
+        v = env.get(name, "").strip()
+        if not v:
+            raise ConfigError(f"{name}: expected {expected}, got nothing (variable not set)")
+        return v
+
+    engine = need("STAGETREE_ENGINE", "the engine's address as host:port")
+    host, sep, port = engine.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"STAGETREE_ENGINE: expected host:port, got {engine!r}")
+    worker_id = need("STAGETREE_WORKER_ID", "this worker's id")
+    trainer = need("STAGETREE_TRAINER", "the trainer class as module:Class")
+    if trainer.count(":") != 1 or not all(trainer.split(":")):
+        raise ConfigError(f"STAGETREE_TRAINER: expected module:Class, got {trainer!r}")
+    share_raw = env.get("STAGETREE_GPU_SHARE", "").strip() or "1"
+    try:
+        share = float(share_raw)
+    except ValueError:
+        share = float("nan")
+    if not 0 < share <= 1:
+        raise ConfigError(f"STAGETREE_GPU_SHARE: expected a number in (0, 1], got {share_raw!r}")
+    timeout_raw = env.get("STAGETREE_CONNECT_TIMEOUT", "").strip() or "30"
+    try:
+        timeout = float(timeout_raw)
+    except ValueError:
+        timeout = float("nan")
+    if not timeout > 0:
+        raise ConfigError(f"STAGETREE_CONNECT_TIMEOUT: expected seconds > 0, got {timeout_raw!r}")
+    return WorkerConfig(
+        engine=engine,
+        worker_id=worker_id,
+        trainer=trainer,
+        gpu_share=share,
+        gpus=_parse_gpus(env.get("CUDA_VISIBLE_DEVICES")),
+        connect_timeout=timeout,
+    )
+
+
+def load_trainer_class(spec: str) -> Callable[[], Any]:
+    """Imports ``module:Class`` (from ``sys.path``, which includes ``PYTHONPATH``)."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as e:
+        raise ConfigError(
+            f"STAGETREE_TRAINER: cannot import module {module_name!r}: " f"{type(e).__name__}: {e}"
+        ) from e
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ConfigError(
+                f"STAGETREE_TRAINER: module {module_name!r} has no {attr!r}"
+            ) from None
+    missing = [
+        m
+        for m in ("init", "train", "evaluate", "save", "load")
+        if not callable(getattr(obj, m, None))
+    ]
+    if not callable(obj) or missing:
+        raise ConfigError(
+            f"STAGETREE_TRAINER: {spec} is not a trainer class (missing: {', '.join(missing)})"
+        )
+    return obj
+
+
+def _pb() -> tuple[Any, Any]:
+    try:
+        from .gen import worker_pb2, worker_pb2_grpc
+    except ImportError as e:  # pragma: no cover - depends on the checkout
+        raise ConfigError(f"the protocol stubs are missing ({e}): run python/gen.sh first") from e
+    return worker_pb2, worker_pb2_grpc
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+@dataclass
+class _Held:
+    """The state the trainer holds in memory."""
+
+    params_json: str
+    #: The step the state is at; None after a checkpoint load (the file does not say).
+    step: int | None
+    #: Checkpoint keys this exact state is stored under (saved or loaded).
+    keys: set[str] = field(default_factory=set)
+
+
+@dataclass
+class _Run:
+    stage_id: str
+    start: int
+    end: int
+    params: dict[str, Any]
+    params_json: str
+    schedules: dict[str, Schedule]
+
+
+def _canonical_json(params: Mapping[str, Any]) -> str:
+    return json.dumps(params, sort_keys=True, separators=(",", ":"))
+
+
+def _seed_of(params: Mapping[str, Any]) -> int:
+    seed = params.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, (int, float)) or int(seed) != seed:
+        raise ProtocolError(f"params.seed: expected an integer, got {seed!r}")
+    return int(seed)
+
+
+def _parse_runs(msg: Any) -> list[_Run]:
+    if not msg.runs:
+        raise ProtocolError(f"task {msg.task_id} has no stage runs")
+    runs = []
+    for k, r in enumerate(msg.runs):
+        where = f"runs[{k}] (stage {r.stage_id})"
+        try:
+            params = json.loads(r.params_json) if r.params_json else {}
+        except ValueError as e:
+            raise ProtocolError(f"{where}.params_json: not JSON: {e}") from None
+        if not isinstance(params, dict):
+            raise ProtocolError(f"{where}.params_json: expected a JSON object, got {params!r}")
+        if r.end < r.start or r.start < 0:
+            raise ProtocolError(f"{where}: expected 0 <= start <= end, got [{r.start}, {r.end})")
+        try:
+            schedules = schedules_from_proto(r.schedules)
+        except ValueError as e:
+            raise ProtocolError(f"{where}: {e}") from None
+        runs.append(
+            _Run(r.stage_id, int(r.start), int(r.end), params, _canonical_json(params), schedules)
+        )
+    for k in range(1, len(runs)):
+        if runs[k].start != runs[k - 1].end:
+            raise ProtocolError(
+                f"runs[{k}]: expected it to start where runs[{k - 1}] ends "
+                f"({runs[k - 1].end}), got {runs[k].start}"
+            )
+        if runs[k].params_json != runs[0].params_json:
+            raise ProtocolError(f"runs[{k}]: params differ from runs[0] within one task")
+    return runs
+
+
+def _metrics(raw: Any) -> dict[str, float]:
+    if not isinstance(raw, Mapping):
+        raise TypeError(
+            f"evaluate() must return a dict of name -> number, got {type(raw).__name__}"
+        )
+    out = {}
+    for k, v in raw.items():
+        if not isinstance(k, str):
+            raise TypeError(f"evaluate(): metric names must be strings, got {k!r}")
+        try:
+            out[k] = float(v)
+        except (TypeError, ValueError):
+            raise TypeError(f"evaluate(): metric {k!r} must be a number, got {v!r}") from None
+    return out
+
+
+def _as_bytes(data: Any) -> bytes:
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data)
+    raise TypeError(f"save() must return bytes, got {type(data).__name__}")
+
+
+class Worker:
+    """One worker: a connection to the engine and one trainer instance.
+
+    ``trainer_factory`` makes the trainer (called once). ``run()`` returns the process
+    exit status: 0 after Shutdown, 1 when the engine is lost.
+    """
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        trainer_factory: Callable[[], Any],
+        *,
+        stderr: Any = None,
+    ) -> None:
+        self.config = config
+        self._factory = trainer_factory
+        self._stderr = stderr if stderr is not None else sys.stderr
+        self._pb2, self._pb2_grpc = _pb()
+        self.trainer: Any = None
+        self._held: _Held | None = None
+        self._initialized_params: str | None = None  # params of the last init() that stands
+        self._checkpoint_dir = ""
+        self._heartbeat_seconds = 5.0
+        self._startup_seconds: float | None = None
+
+        self._outbox: queue.Queue[Any] = queue.Queue()
+        self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._lock = threading.Lock()
+        self._running = 0  # task id running now, 0 if idle
+        self._cancel = threading.Event()  # set: the running task must stop
+        self._cancelled: set[int] = set()  # ids cancelled before they started
+        self._exit: tuple[int, str] | None = None
+        self._closed = threading.Event()
+        self._drained = threading.Event()  # the request stream has sent everything
+        self._call_done = threading.Event()  # the RPC has ended
+        self._channel: Any = None
+        self._call: Any = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def run(self) -> int:
+        import grpc
+
+        cfg = self.config
+        try:
+            self.trainer = self._factory()
+        except Exception as e:
+            self._print(f"cannot construct the trainer {cfg.trainer}: {type(e).__name__}: {e}")
+            return EXIT_CONFIG
+        self._channel = grpc.insecure_channel(
+            cfg.engine,
+            options=[
+                ("grpc.max_receive_message_length", -1),
+                ("grpc.max_send_message_length", -1),
+            ],
+        )
+        try:
+            try:
+                grpc.channel_ready_future(self._channel).result(timeout=cfg.connect_timeout)
+            except grpc.FutureTimeoutError:
+                return self._fail(
+                    f"cannot reach the engine at {cfg.engine} within {cfg.connect_timeout:g} s"
+                )
+            stub = self._pb2_grpc.WorkerHubServiceStub(self._channel)
+            self._send(
+                register=self._pb2.Register(
+                    worker_id=cfg.worker_id,
+                    language=LANGUAGE,
+                    protocol=PROTOCOL,
+                    pid=os.getpid(),
+                    gpus=list(cfg.gpus),
+                    gpu_share=cfg.gpu_share,
+                    holds="",
+                )
+            )
+            self._call = stub.Connect(self._requests())
+            self._call.add_done_callback(lambda _call: self._call_done.set())
+            welcome = self._await_welcome(cfg.connect_timeout)
+            if isinstance(welcome, int):
+                return welcome
+            self._checkpoint_dir = welcome.checkpoint_dir
+            if welcome.heartbeat_seconds > 0:
+                self._heartbeat_seconds = welcome.heartbeat_seconds
+            self._startup_seconds = time.monotonic() - _T0
+            threading.Thread(target=self._read, name="stagetree-reader", daemon=True).start()
+            threading.Thread(target=self._beat, name="stagetree-heartbeat", daemon=True).start()
+            return self._serve()
+        finally:
+            self._close()
+
+    def _await_welcome(self, timeout: float) -> Any:
+        result: queue.Queue[Any] = queue.Queue()
+
+        def first() -> None:
+            try:
+                result.put(next(iter(self._call)))
+            except StopIteration:
+                result.put(RuntimeError("the engine closed the stream before Welcome"))
+            except Exception as e:  # grpc.RpcError
+                result.put(e)
+
+        threading.Thread(target=first, name="stagetree-welcome", daemon=True).start()
+        try:
+            msg = result.get(timeout=timeout)
+        except queue.Empty:
+            return self._fail(
+                f"no Welcome from the engine at {self.config.engine} within {timeout:g} s"
+            )
+        if isinstance(msg, Exception):
+            return self._fail(f"lost the engine at {self.config.engine}: {_describe(msg)}")
+        if msg.WhichOneof("body") == "shutdown":
+            # The engine refuses this worker (say, a pool that does not expect its id).
+            self._print(f"the engine sent Shutdown instead of Welcome: {msg.shutdown.reason}")
+            return EXIT_OK
+        if msg.WhichOneof("body") != "welcome":
+            return self._fail(
+                f"protocol error: expected Welcome first, got {msg.WhichOneof('body')}"
+            )
+        return msg.welcome
+
+    def _serve(self) -> int:
+        while True:
+            if self._exit is not None:
+                return self._finish()
+            kind, payload = self._events.get()
+            if kind != "run":
+                continue  # a wake-up: look at _exit
+            with self._lock:
+                skip = payload.task_id in self._cancelled or self._exit is not None
+                self._cancelled.discard(payload.task_id)
+                if not skip:
+                    self._running = payload.task_id
+                    self._cancel.clear()
+            if skip:
+                # Cancelled before it started (or the worker is stopping): "cancelled"
+                # always leaves the worker holding nothing.
+                self._drop_state()
+                continue
+            try:
+                self._execute(payload)
+            finally:
+                with self._lock:
+                    self._running = 0
+                    self._cancel.clear()
+
+    def _finish(self) -> int:
+        code, message = self._exit or (EXIT_OK, "")
+        if code != EXIT_OK:
+            self._print(message)
+        return code
+
+    def _fail(self, message: str) -> int:
+        self._print(message)
+        return EXIT_ENGINE_LOST
+
+    def _print(self, message: str) -> None:
+        line = " ".join(str(message).split())  # one line
+        try:
+            print(
+                f"stagetree worker {self.config.worker_id}: {line}", file=self._stderr, flush=True
+            )
+        except Exception:  # pragma: no cover - stderr closed
+            pass
+
+    def _stop(self, code: int, message: str) -> None:
+        """Called from the reader thread. Shutdown (code 0) lets the running task finish
+        and starts no other; a lost engine (code 1) also stops the running task at its
+        next step, and ends the process anyway if the trainer does not get there within
+        STOP_GRACE_SECONDS (a long step in C code)."""
+        with self._lock:
+            if self._exit is not None:
+                return
+            self._exit = (code, message)
+            busy = self._running != 0
+            if code != EXIT_OK:
+                self._cancel.set()
+        self._events.put(("wake", None))
+        if busy and code != EXIT_OK:
+
+            def force() -> None:
+                self._print(message)
+                try:
+                    sys.stderr.flush()
+                    sys.stdout.flush()
+                finally:
+                    os._exit(code)
+
+            t = threading.Timer(STOP_GRACE_SECONDS, force)
+            t.daemon = True
+            t.start()
+
+    def _close(self) -> None:
+        self._closed.set()
+        self._outbox.put(None)  # half-close after what is queued (a last TaskDone) is sent
+        if self._call is not None:
+            if self._exit is not None and self._exit[0] == EXIT_OK:
+                # Let the last messages out: the request stream ends once everything
+                # queued was handed to gRPC, then the engine answers the half-close by
+                # ending its side. Cancelling earlier could drop a final TaskDone.
+                deadline = time.monotonic() + DRAIN_SECONDS
+                self._drained.wait(DRAIN_SECONDS)
+                self._call_done.wait(max(0.0, deadline - time.monotonic()))
+            try:
+                self._call.cancel()
+            except Exception:  # pragma: no cover
+                pass
+        if self._channel is not None:
+            try:
+                self._channel.close()
+            except Exception:  # pragma: no cover
+                pass
+
+    # ------------------------------------------------------------------ streams
+
+    def _requests(self) -> Iterator[Any]:
+        try:
+            while True:
+                msg = self._outbox.get()
+                if msg is None:
+                    return
+                yield msg
+        finally:
+            self._drained.set()
+
+    def _send(self, **body: Any) -> None:
+        if not self._closed.is_set():
+            self._outbox.put(self._pb2.ConnectRequest(**body))
+
+    def _read(self) -> None:
+        import grpc
+
+        try:
+            for msg in self._call:
+                kind = msg.WhichOneof("body")
+                if kind == "run":
+                    self._events.put(("run", msg.run))
+                elif kind == "cancel":
+                    self._on_cancel(msg.cancel.task_id)
+                elif kind == "shutdown":
+                    # Keep reading (and ignoring) until the engine ends the stream.
+                    self._stop(EXIT_OK, f"shutdown: {msg.shutdown.reason}")
+                elif kind == "welcome":
+                    pass  # a repeated Welcome changes nothing
+            self._stop(
+                EXIT_ENGINE_LOST,
+                f"lost the engine at {self.config.engine}: it closed the stream without Shutdown",
+            )
+        except grpc.RpcError as e:
+            if self._closed.is_set():
+                return
+            self._stop(EXIT_ENGINE_LOST, f"lost the engine at {self.config.engine}: {_describe(e)}")
+        except Exception as e:  # pragma: no cover - a bug here must not hang the worker
+            self._stop(EXIT_ENGINE_LOST, f"worker stream error: {type(e).__name__}: {e}")
+
+    def _on_cancel(self, task_id: int) -> None:
+        with self._lock:
+            if task_id == self._running and task_id != 0:
+                self._cancel.set()
+            else:
+                # Not started yet (or already finished, then this changes nothing).
+                self._cancelled.add(task_id)
+
+    def _beat(self) -> None:
+        while not self._closed.wait(self._heartbeat_seconds):
+            with self._lock:
+                task = self._running
+            self._send(heartbeat=self._pb2.Heartbeat(task_id=task))
+
+    def _check_cancel(self) -> None:
+        if self._cancel.is_set():
+            raise Cancelled()
+
+    # ------------------------------------------------------------------ one task
+
+    def _drop_state(self) -> None:
+        self._held = None
+        self._initialized_params = None
+
+    def _need_dir(self, what: str) -> str:
+        if not self._checkpoint_dir:
+            raise ProtocolError(f"{what}: the engine's Welcome named no checkpoint_dir")
+        return self._checkpoint_dir
+
+    def _init(self, run: _Run) -> None:
+        self._initialized_params = None
+        self.trainer.init(dict(run.params), _seed_of(run.params))
+        self._initialized_params = run.params_json
+
+    def _save(self, key: str, what: str) -> None:
+        data = _as_bytes(self.trainer.save())
+        try:
+            checkpoints.write_checkpoint(self._need_dir(what), key, data)
+        except checkpoints.CheckpointError as e:
+            raise ProtocolError(f"{what} {key}: {e}") from None
+        except OSError as e:
+            raise ProtocolError(f"{what} {key}: cannot write the checkpoint: {e}") from None
+
+    def _execute(self, msg: Any) -> None:
+        task_id = msg.task_id
+        seconds = dict.fromkeys(PHASES, 0.0)
+        if self._startup_seconds is not None:
+            seconds["start"] = self._startup_seconds
+            self._startup_seconds = None
+        clock = time.monotonic
+        try:
+            runs = _parse_runs(msg)
+            first = runs[0]
+
+            if msg.save_first:
+                if self._held is None:
+                    raise ProtocolError(
+                        f"save_first {msg.save_first}: the worker holds no state to save"
+                    )
+                t = clock()
+                self._save(msg.save_first, "save_first")
+                seconds["save"] += clock() - t
+                self._held.keys.add(msg.save_first)
+
+            source = msg.restore.WhichOneof("source")
+            if source == "memory":
+                self._restore_memory(msg.restore.memory, first)
+            elif source == "checkpoint":
+                key = msg.restore.checkpoint
+                t = clock()
+                try:
+                    data = checkpoints.read_checkpoint(self._need_dir("restore"), key)
+                except (checkpoints.CheckpointError, OSError) as e:
+                    raise CheckpointUnavailable(str(e)) from None
+                self._held = None
+                if self._initialized_params != first.params_json:
+                    t_init = clock()
+                    self._init(first)
+                    seconds["init"] += clock() - t_init
+                    t += clock() - t_init
+                self.trainer.load(data)
+                self._held = _Held(first.params_json, None, {key})
+                seconds["load"] += clock() - t
+            elif source == "init":
+                t = clock()
+                self._held = None
+                self._init(first)
+                self._held = _Held(first.params_json, 0)
+                seconds["init"] += clock() - t
+            else:
+                raise ProtocolError("restore: no source (memory, checkpoint or init) is set")
+
+            held = self._held
+            assert held is not None
+            for run in runs:
+                if held.step is not None and run.start != held.step:
+                    raise ProtocolError(
+                        f"stage {run.stage_id} starts at step {run.start}, but the state "
+                        f"is at step {held.step}"
+                    )
+                self._check_cancel()
+                hp = Hp(run.schedules, run.start, run.end, check=self._check_cancel)
+                held.keys = set()  # training changes the state
+                held.step = None
+                t = clock()
+                self.trainer.train(run.start, run.end, hp)
+                seconds["train"] += clock() - t
+                held.step = run.end
+                self._send(progress=self._pb2.Progress(task_id=task_id, step=run.end))
+            self._check_cancel()
+
+            if msg.save_after:
+                t = clock()
+                self._save(msg.save_after, "save_after")
+                seconds["save"] += clock() - t
+                held.keys.add(msg.save_after)
+            if msg.end_key:
+                held.keys.add(msg.end_key)
+
+            t = clock()
+            metrics = _metrics(self.trainer.evaluate())
+            seconds["evaluate"] += clock() - t
+            self._send(done=self._pb2.TaskDone(task_id=task_id, metrics=metrics, seconds=seconds))
+        except Cancelled:
+            self._drop_state()
+            self._send(heartbeat=self._pb2.Heartbeat(task_id=0))
+        except ProtocolError as e:
+            self._failed(
+                task_id,
+                REASON_WORKER,
+                f"worker {self.config.worker_id}: {e}",
+                "the engine's view of this worker and the worker's own state differ",
+            )
+        except CheckpointUnavailable as e:
+            self._failed(task_id, REASON_CHECKPOINT, str(e), "")
+        except Exception as e:
+            self._failed(
+                task_id, REASON_TRAINER, f"{type(e).__name__}: {e}", traceback.format_exc()
+            )
+
+    def _failed(self, task_id: int, reason: str, message: str, detail: str) -> None:
+        self._drop_state()
+        self._send(
+            failed=self._pb2.TaskFailed(
+                task_id=task_id, message=message, detail=detail, reason=reason
+            )
+        )
+
+    def _restore_memory(self, key: str, first: _Run) -> None:
+        held = self._held
+        if held is None:
+            raise ProtocolError(f"restore from memory {key}: the worker holds no state")
+        if key and held.keys and key not in held.keys:
+            raise ProtocolError(
+                f"restore from memory {key}: the worker holds {', '.join(sorted(held.keys))}"
+            )
+        if held.params_json != first.params_json:
+            raise ProtocolError(
+                f"restore from memory {key}: the held state was trained with other params"
+            )
+
+
+def _describe(e: BaseException) -> str:
+    code = getattr(e, "code", None)
+    details = getattr(e, "details", None)
+    if callable(code) and callable(details):
+        try:
+            c = code()
+            name = getattr(c, "name", str(c))
+            return f"{name}: {details()}"
+        except Exception:  # pragma: no cover
+            pass
+    return f"{type(e).__name__}: {e}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m stagetree.worker``; returns the exit status."""
+    try:
+        config = config_from_env()
+        factory = load_trainer_class(config.trainer)
+        worker = Worker(config, factory)
+    except ConfigError as e:
+        wid = os.environ.get("STAGETREE_WORKER_ID", "?")
+        print(f"stagetree worker {wid}: {e}", file=sys.stderr, flush=True)
+        return EXIT_CONFIG
+    try:
+        return worker.run()
+    except Exception as e:
+        worker._print(f"{type(e).__name__}: {e}")
+        return EXIT_ENGINE_LOST
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    sys.exit(code)
