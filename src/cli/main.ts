@@ -129,10 +129,13 @@ function program(io: Io): Command {
         ...(opts.db !== undefined ? { db: opts.db } : {}),
         ...(opts.checkpoints !== undefined ? { checkpoints: opts.checkpoints } : {}),
       });
+      const text = renderStatus(out.status, out.resumed ? 'resumed and finished' : 'finished');
       io.out(
         opts.json
-          ? JSON.stringify(out.status)
-          : renderStatus(out.status, out.resumed ? 'resumed and finished' : 'finished'),
+          ? JSON.stringify({ ...out.status, bestCheckpoint: out.bestCheckpoint })
+          : out.bestCheckpoint
+            ? `${text}\n  best trial's final state: ${out.bestCheckpoint}`
+            : text,
       );
     });
 

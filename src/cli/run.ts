@@ -126,6 +126,17 @@ class AttemptLog {
   }
 }
 
+/**
+ * Whether to give workers GPUs (CUDA_VISIBLE_DEVICES): STAGETREE_GPUS=1 or 0 decides;
+ * otherwise, whether `nvidia-smi -L` lists any.
+ */
+function gpusPresent(): boolean {
+  const forced = process.env.STAGETREE_GPUS;
+  if (forced === '1' || forced === '0') return forced === '1';
+  const r = spawnSync('nvidia-smi', ['-L'], { encoding: 'utf8' });
+  return r.status === 0 && r.stdout.includes('GPU');
+}
+
 /** The Python runtime's generated stubs (python/stagetree/gen, not committed). */
 function ensurePythonStubs(python: string): void {
   if (existsSync(join(ROOT, 'python', 'stagetree', 'gen', 'worker_pb2.py'))) return;
@@ -142,6 +153,8 @@ function ensurePythonStubs(python: string): void {
 
 export interface RunOutcome {
   readonly status: StudyStatus;
+  /** The best trial's final state, kept when the study sets `keepBest` (the default). */
+  readonly bestCheckpoint: string | null;
   readonly resumed: boolean;
   readonly seconds: number;
   readonly paths: RunPaths;
@@ -174,7 +187,7 @@ export async function runStudy(
     const resumed = store.initStudy(study.name, study, wall()) === 'resumed';
     const resumeFrom = resumed ? store.events() : [];
     if (resumed && store.status().finished) {
-      return { status: store.status(), resumed, seconds: 0, paths };
+      return { status: store.status(), resumed, seconds: 0, paths, bestCheckpoint: null };
     }
     const checkpoints = new CheckpointStore(paths.checkpoints);
     store.loseOpenAttempts(wall(), 'the engine stopped while it ran');
@@ -190,7 +203,7 @@ export async function runStudy(
       pool = new ProcessPool({
         command: workerCommand(studyFile, study),
         engineAddress: hub.address,
-        gpus: process.env.STAGETREE_GPUS === '1',
+        gpus: gpusPresent(),
         welcome: { kind: 'welcome', checkpointDir: paths.checkpoints, heartbeatSeconds: 1 },
         ...(options.log ? { log: options.log } : {}),
       });
@@ -225,9 +238,21 @@ export async function runStudy(
       });
       process.off('SIGINT', interrupt);
       process.off('SIGTERM', interrupt);
-      // The study is over: nothing can need a checkpoint any more.
-      checkpoints.collect(new Set(), { temporary: true });
-      return { status: store.status(), resumed, seconds: result.seconds, paths };
+      // The study is over: only the best trial's final state may still be wanted.
+      const status = store.status();
+      const keep = new Set<string>();
+      if (study.keepBest && status.best) {
+        const key = result.engine.finalStateKey(status.best.trial);
+        if (checkpoints.has(key)) keep.add(key);
+      }
+      checkpoints.collect(keep, { temporary: true });
+      return {
+        status,
+        resumed,
+        seconds: result.seconds,
+        paths,
+        bestCheckpoint: keep.size > 0 ? checkpoints.fileOf([...keep][0] as string) : null,
+      };
     } finally {
       await hub.close();
     }

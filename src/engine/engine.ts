@@ -568,6 +568,16 @@ export class Engine {
   }
 
   /** Views of the idle workers (the only ones placement can choose). */
+  /** Whether a trial finishes its whole study at this stage's end (its final state). */
+  private finalOf(s: Stage): boolean {
+    return s.end === this.study.steps && s.ends.length > 0;
+  }
+
+  /** The checkpoint key of a trial's final state (the end of its last stage). */
+  finalStateKey(trial: TrialId): CheckpointKey {
+    return this.keyOf(getTrial(this.tree, trial).leaf);
+  }
+
   /** Whether a stage's end state will be a starting point: a demanded child, or a paused trial. */
   private neededLater(s: Stage): boolean {
     for (const c of childrenOf(this.tree, s.id)) if (c.refs > 0 && !c.done) return true;
@@ -680,7 +690,9 @@ export class Engine {
     const safety = every !== null && Math.floor(s.end / every) > Math.floor(s.start / every);
     // Durable runs keep every state a later stage may start from, so that a crash of the
     // engine (which takes its workers' memory with it) loses no completed stage.
-    const durable = this.options.durable === true && this.neededLater(s);
+    const durable =
+      this.options.durable === true &&
+      (this.neededLater(s) || (this.study.keepBest && this.finalOf(s)));
     const saveAfter =
       (trialBasedPause || safety || durable) && !this.saved(s.id) ? this.keyOf(s.id) : null;
     if (saveAfter !== null) this.stats.checkpointsSaved++;

@@ -206,6 +206,7 @@ const studySchema = strict('a study', {
   resources: resourcesSchema.default(() => ({ gpus: 1 })),
   workers: integerFrom(1).default(1),
   checkpointEvery: integerFrom(1).optional(),
+  keepBest: z.boolean(says('true or false')).default(true),
   retries: z.int(says('an integer >= 0')).min(0, says('an integer >= 0')).default(2),
 });
 
@@ -507,5 +508,6 @@ export function parseStudy(json: unknown): Study {
     workers: s.workers,
     checkpointEvery: s.checkpointEvery ?? null,
     retries: s.retries,
+    keepBest: s.keepBest,
   };
 }

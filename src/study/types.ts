@@ -227,6 +227,11 @@ export interface Study {
   readonly checkpointEvery: number | null;
   /** Times a failed stage is retried before the trials through it fail. Default 2. */
   readonly retries: number;
+  /**
+   * Real runs: keep the best trial's final state as a checkpoint when the study ends
+   * (every other checkpoint is deleted). Default true.
+   */
+  readonly keepBest: boolean;
 }
 
 /** The number a `ByHyperparameter` (or a plain number) gives for these values. */

@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { basename, join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { runStudy } from '../../src/cli/run.js';
 import { ExecutionMode } from '../../src/engine/index.js';
@@ -247,5 +247,42 @@ describe('stagetree run (real worker processes)', () => {
         for (const r of e.task.runs) expect(doneStages.has(r.stage)).toBe(false);
     }
     expect(storedMetrics(db)).toEqual(await alone(study));
+  });
+
+  it("keeps only the best trial's final state, which loads back to its metric", async () => {
+    const { file, study, dir } = setup(studyJson());
+    const out = await runStudy(file, study, { db: join(dir, 'b.db') }, { log: quiet });
+    expect(out.bestCheckpoint).not.toBeNull();
+    const files = readdirSync(out.paths.checkpoints);
+    expect(files).toEqual([basename(out.bestCheckpoint as string)]);
+    const trainer = new QuadraticTrainer();
+    const bytes = readFileSync(out.bestCheckpoint as string).subarray(40);
+    trainer.load(new Uint8Array(bytes));
+    expect(trainer.evaluate().loss).toBe(out.status.best?.value);
+  });
+
+  it('declares a worker that stops heart-beating dead and reschedules its stage', async () => {
+    const { file, study, dir } = setup(studyJson({ workers: 2 }, { stepDelayMs: 30 }));
+    let stopped: number | undefined;
+    const out = await runStudy(
+      file,
+      study,
+      { db: join(dir, 'h.db') },
+      {
+        log: quiet,
+        heartbeatTimeout: 1.5,
+        onEvent: (e, pool) => {
+          if (stopped === undefined && e.kind === 'task' && (e.task.runs[0]?.start ?? 0) >= 5) {
+            stopped = pool.pid(e.task.worker);
+            if (stopped !== undefined) process.kill(stopped, 'SIGSTOP');
+          }
+        },
+      },
+    );
+    expect(stopped).toBeDefined();
+    expect(
+      log(out.paths.db).some((e) => e.kind === 'lost' && e.reason.includes('no heartbeat')),
+    ).toBe(true);
+    expect(storedMetrics(out.paths.db)).toEqual(await alone(study));
   });
 });

@@ -160,12 +160,12 @@ describe('parseStudy: bad input names the field', () => {
     [
       'a study that is not an object',
       42,
-      '(root): expected a study object {name, params, space, steps, evalEvery, tuner, metric, trainer, resources, workers, checkpointEvery, retries}, got 42 (number)',
+      '(root): expected a study object {name, params, space, steps, evalEvery, tuner, metric, trainer, resources, workers, checkpointEvery, keepBest, retries}, got 42 (number)',
     ],
     [
       'an unknown top-level field',
       edited((s) => (s.trials = 3)),
-      'trials: expected no such field (a study takes name, params, space, steps, evalEvery, tuner, metric, trainer, resources, workers, checkpointEvery, retries), got 3 (number)',
+      'trials: expected no such field (a study takes name, params, space, steps, evalEvery, tuner, metric, trainer, resources, workers, checkpointEvery, keepBest, retries), got 3 (number)',
     ],
     [
       'an unknown tuner field, reported before the missing one it misspells',
