@@ -1,9 +1,11 @@
 import { describe, expect, it } from 'vitest';
-import { replay } from '../../src/engine/index.js';
+import { LINEAGE_PARAM, replay } from '../../src/engine/index.js';
 import type { EngineOptions, LogEntry } from '../../src/engine/index.js';
 import { parseStudy } from '../../src/study/index.js';
 import type { Study } from '../../src/study/index.js';
+import { getTrial } from '../../src/tree/index.js';
 import { createTuner } from '../../src/tuner/index.js';
+import type { TrialSpec } from '../../src/tuner/index.js';
 
 /**
  * The worker-backend conformance suite: one set of checks that every backend (the sim
@@ -14,8 +16,8 @@ import { createTuner } from '../../src/tuner/index.js';
 export interface Backend {
   /** Runs the study; returns the engine's event log and the options it ran with. */
   run(study: Study): Promise<{ log: readonly LogEntry[]; options: EngineOptions }>;
-  /** The metric the backend's trainer gives `trial` at `step` trained alone from scratch. */
-  alone(study: Study, trial: string, step: number, log: readonly LogEntry[]): Promise<number>;
+  /** The metric the backend's trainer gives a trial trained alone from scratch to `step`. */
+  alone(study: Study, trial: TrialSpec, step: number): Promise<number>;
   /** The trainer part of a study for this backend. */
   readonly trainer: Record<string, unknown>;
   readonly params?: Record<string, unknown>;
@@ -46,16 +48,41 @@ function study(backend: Backend, tuner: Record<string, unknown>): Study {
 const metricEvents = (log: readonly LogEntry[]): Extract<LogEntry, { kind: 'metric' }>[] =>
   log.filter((e): e is Extract<LogEntry, { kind: 'metric' }> => e.kind === 'metric');
 
+/**
+ * Replays the log (which must reproduce every decision) and checks each metric event
+ * against the trial trained alone, with its effective schedules: a forked trial's are its
+ * source's before the fork and its own after.
+ */
+async function expectAlone(
+  backend: Backend,
+  s: Study,
+  log: readonly LogEntry[],
+  options: EngineOptions,
+): Promise<void> {
+  const again = replay(s, log, createTuner(s), options);
+  expect(again.firstDifference).toBeNull();
+  const tree = again.engine.stageTree;
+  for (const e of metricEvents(log)) {
+    const t = getTrial(tree, e.trial);
+    const params = Object.fromEntries(
+      Object.entries(t.params).filter(([k]) => k !== LINEAGE_PARAM),
+    );
+    expect(e.value).toBe(
+      await backend.alone(s, { params, schedules: t.schedules, until: t.until }, e.step),
+    );
+  }
+}
+
 export function describeBackendConformance(name: string, backend: Backend): void {
   describe(`worker backend conformance: ${name}`, () => {
     it('reports every demanded metric once, equal to the trial trained alone', async () => {
       const s = study(backend, { kind: 'grid' });
-      const { log } = await backend.run(s);
+      const { log, options } = await backend.run(s);
       const events = metricEvents(log);
       const keys = events.map((e) => `${e.trial}@${e.step}`);
       expect(new Set(keys).size).toBe(keys.length);
       expect(keys.length).toBe(6 * 4);
-      for (const e of events) expect(e.value).toBe(await backend.alone(s, e.trial, e.step, log));
+      await expectAlone(backend, s, log, options);
     });
 
     it('trains every unique step once when nothing fails', async () => {
@@ -87,22 +114,18 @@ export function describeBackendConformance(name: string, backend: Backend): void
       });
       const { log, options } = await backend.run(s);
       expect(log.some((e) => e.kind === 'extend')).toBe(true);
-      for (const e of metricEvents(log))
-        expect(e.value).toBe(await backend.alone(s, e.trial, e.step, log));
-      const again = replay(s, log, createTuner(s), options);
-      expect(again.firstDifference).toBeNull();
+      await expectAlone(backend, s, log, options);
+    });
+
+    it('runs SHA promotions and PBT forks, every trial equal to its run alone', async () => {
+      const sha = study(backend, { kind: 'sha', trials: 6, eta: 2, minSteps: 4, seed: 2 });
+      const shaRun = await backend.run(sha);
+      expect(shaRun.log.some((e) => e.kind === 'extend')).toBe(true);
+      await expectAlone(backend, sha, shaRun.log, shaRun.options);
+      const pbt = study(backend, { kind: 'pbt', population: 4, interval: 4, seed: 3 });
+      const pbtRun = await backend.run(pbt);
+      expect(pbtRun.log.some((e) => e.kind === 'fork')).toBe(true);
+      await expectAlone(backend, pbt, pbtRun.log, pbtRun.options);
     });
   });
-}
-
-/** The schedules and params a trial was proposed with, from the log. */
-export function proposal(
-  log: readonly LogEntry[],
-  trial: string,
-): Extract<LogEntry, { kind: 'propose' }>['spec'] {
-  const e = log.find(
-    (x): x is Extract<LogEntry, { kind: 'propose' }> => x.kind === 'propose' && x.trial === trial,
-  );
-  if (!e) throw new Error(`no proposal of ${trial}`);
-  return e.spec;
 }

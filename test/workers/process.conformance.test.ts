@@ -8,7 +8,7 @@ import type { Canonical } from '../../src/schedule/index.js';
 import { StudyStore } from '../../src/store/index.js';
 import { QuadraticTrainer } from '../../src/trainer/index.js';
 import { engineOptions } from '../../src/workers/sim/index.js';
-import { describeBackendConformance, proposal } from './conformance.js';
+import { describeBackendConformance } from './conformance.js';
 
 const TRAINER = join(resolve(import.meta.dirname, '../..'), 'dist', 'trainer', 'quadratic.js');
 
@@ -29,8 +29,7 @@ describeBackendConformance('process', {
       store.close();
     }
   },
-  alone: async (_study, trial, step, log) => {
-    const spec = proposal(log, trial);
+  alone: async (_study, spec, step) => {
     const t = new QuadraticTrainer();
     t.init(spec.params, typeof spec.params.seed === 'number' ? spec.params.seed : 0);
     const hps = Object.keys(spec.schedules).sort();

@@ -7,7 +7,7 @@ import {
   simTrain,
   simulate,
 } from '../../src/workers/sim/index.js';
-import { describeBackendConformance, proposal } from './conformance.js';
+import { describeBackendConformance } from './conformance.js';
 
 describeBackendConformance('sim', {
   trainer: { kind: 'sim', stepSeconds: 1, startSeconds: 2, saveSeconds: 0.1, loadSeconds: 0.1 },
@@ -15,8 +15,7 @@ describeBackendConformance('sim', {
     const r = simulate(study, ExecutionMode.stageTree);
     return Promise.resolve({ log: r.log, options: engineOptions(study, ExecutionMode.stageTree) });
   },
-  alone: (study, trial, step, log) => {
-    const spec = proposal(log, trial);
+  alone: (study, spec, step) => {
     const state = simTrain(simInit(spec.params), {
       stage: 'alone',
       start: 0,
