@@ -1,5 +1,5 @@
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -7,6 +7,7 @@ import { loadStudy } from '../../src/cli/main.js';
 import { runStudy } from '../../src/cli/run.js';
 import { ExecutionMode } from '../../src/engine/index.js';
 import { StudyStore } from '../../src/store/index.js';
+import { parseStudy } from '../../src/study/index.js';
 
 /**
  * The Python runtime end to end: `stagetree run` with Python worker processes
@@ -57,4 +58,45 @@ describe.skipIf(!hasPython && !required)('stagetree run with Python workers', ()
     expect(a.size).toBe(16);
     expect(a).toEqual(metrics(tb.paths.db));
   });
+
+  it.each([
+    ['SHA promotions', { kind: 'sha', trials: 4, eta: 2, minSteps: 5 }, 'extend'],
+    ['PBT forks', { kind: 'pbt', population: 4, interval: 5, seed: 1 }, 'fork'],
+  ] as const)(
+    'with %s: the same metrics as each trial alone (Python)',
+    async (_name, tuner, kind) => {
+      const file = join(ROOT, 'examples', 'quadratic-python.json');
+      const base = await loadStudy(file);
+      const study = parseStudy({
+        ...(JSON.parse(readFileSync(file, 'utf8')) as object),
+        space: { lr: { loguniform: [0.005, 0.1] }, momentum: 0.9 },
+        tuner,
+      });
+      expect(base.name).toBe(study.name);
+      const dir = mkdtempSync(join(tmpdir(), 'stagetree-py-'));
+      const quiet = (): void => undefined;
+      const st = await runStudy(
+        file,
+        study,
+        { db: join(dir, 'st.db'), checkpoints: join(dir, 'st') },
+        { log: quiet },
+      );
+      const tb = await runStudy(
+        file,
+        study,
+        { db: join(dir, 'tb.db'), checkpoints: join(dir, 'tb') },
+        {
+          log: quiet,
+          mode: ExecutionMode.trialBased,
+        },
+      );
+      const store = StudyStore.open(st.paths.db);
+      try {
+        expect(store.events().some((e) => e.kind === kind)).toBe(true);
+      } finally {
+        store.close();
+      }
+      expect(metrics(st.paths.db)).toEqual(metrics(tb.paths.db));
+    },
+  );
 });
