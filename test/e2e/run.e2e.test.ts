@@ -7,11 +7,11 @@ import { runStudy } from '../../src/cli/run.js';
 import { ExecutionMode } from '../../src/engine/index.js';
 import type { LogEntry } from '../../src/engine/index.js';
 import { canonicalize, parseSchedule, valueAt } from '../../src/schedule/index.js';
-import { StudyStore } from '../../src/store/index.js';
 import { gridConfigs, parseStudy } from '../../src/study/index.js';
 import type { Study } from '../../src/study/index.js';
 import { QuadraticTrainer } from '../../src/trainer/index.js';
 import { reportSteps } from '../../src/tuner/index.js';
+import { quiet, storedLog, storedMetrics } from '../support/real-run.js';
 
 /**
  * Real execution end to end: the engine's gRPC hub on 127.0.0.1, worker processes
@@ -22,7 +22,6 @@ import { reportSteps } from '../../src/tuner/index.js';
 
 const ROOT = resolve(import.meta.dirname, '../..');
 const TRAINER = join(ROOT, 'dist', 'trainer', 'quadratic.js');
-const quiet = (): void => undefined;
 
 function studyJson(
   overrides: Record<string, unknown> = {},
@@ -75,23 +74,7 @@ async function alone(study: Study): Promise<Map<string, number>> {
   return out;
 }
 
-function storedMetrics(db: string): Map<string, number> {
-  const store = StudyStore.open(db);
-  try {
-    return new Map(store.metrics().map((m) => [`${m.trial}@${m.step}`, m.value]));
-  } finally {
-    store.close();
-  }
-}
-
-function log(db: string): LogEntry[] {
-  const store = StudyStore.open(db);
-  try {
-    return store.events();
-  } finally {
-    store.close();
-  }
-}
+const log = storedLog;
 
 const stepsTrained = (entries: readonly LogEntry[]): number =>
   entries.reduce(
