@@ -232,6 +232,9 @@ export async function runStudy(
           if (options.onEvent && p) for (const e of entries) options.onEvent(e, p);
         },
         resumeFrom,
+        discard: (keys) => {
+          for (const k of keys) checkpoints.delete(k);
+        },
         ...(options.heartbeatTimeout !== undefined
           ? { heartbeatTimeout: options.heartbeatTimeout }
           : {}),

@@ -19,6 +19,8 @@ import {
   pathOf,
   readyStages,
   reportsAt,
+  rootIds,
+  shardValues,
   stageValues,
   stateKey,
   stopTrial,
@@ -571,6 +573,39 @@ export class Engine {
   /** Whether a trial finishes its whole study at this stage's end (its final state). */
   private finalOf(s: Stage): boolean {
     return s.end === this.study.steps && s.ends.length > 0;
+  }
+
+  /**
+   * Checkpoints nobody can need any more: their keys, forgotten by the engine (the
+   * caller deletes the files). A saved state is still needed while anything below it
+   * in the tree is demanded and not trained (a lost descendant state is re-computed from
+   * it), while a trial paused below it may be extended, or, with `keepBest`, while it is
+   * a trial's final state (the study's end keeps only the best one).
+   */
+  collectCheckpoints(): CheckpointKey[] {
+    const needed = new Set<CheckpointKey>();
+    const visit = (id: StageId): boolean => {
+      const s = getStage(this.tree, id);
+      let below = false;
+      for (const c of shardValues(s.children)) if (visit(c)) below = true;
+      const paused = s.ends.some((t) => {
+        const trial = getTrial(this.tree, t);
+        return trial.status === 'active' && trial.until < this.study.steps;
+      });
+      if (s.parent !== null && (below || paused || (this.study.keepBest && this.finalOf(s)))) {
+        needed.add(this.keyOf(s.id));
+      }
+      return below || paused || (s.refs > 0 && !s.done);
+    };
+    for (const root of rootIds(this.tree)) visit(root);
+    const out: CheckpointKey[] = [];
+    for (const key of this.checkpoints) {
+      if (!needed.has(key)) {
+        this.checkpoints.delete(key);
+        out.push(key);
+      }
+    }
+    return out.sort();
   }
 
   /** The checkpoint key of a trial's final state (the end of its last stage). */

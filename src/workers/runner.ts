@@ -17,6 +17,8 @@ export interface RunOptions {
   readonly resumeFrom?: readonly LogEntry[];
   /** A worker silent for this long is declared dead. Default 30 s. */
   readonly heartbeatTimeout?: number;
+  /** Deletes checkpoints nobody can need any more (called every few completed stages). */
+  readonly discard?: (keys: readonly string[]) => void;
 }
 
 export interface RunResult {
@@ -39,6 +41,7 @@ export async function runWithPool(options: RunOptions): Promise<RunResult> {
   const lastSeen = new Map<WorkerId, number>();
   const metricName = options.study.metric.name;
   let flushed = 0;
+  let completions = 0;
   let offset = 0;
   const now = (): number => offset + clock();
   const flush = (): void => {
@@ -92,6 +95,10 @@ export async function runWithPool(options: RunOptions): Promise<RunResult> {
           );
         } else {
           apply(engine.complete(now(), m.taskId, { metric }));
+          if (options.discard && ++completions % 20 === 0) {
+            const keys = engine.collectCheckpoints();
+            if (keys.length > 0) options.discard(keys);
+          }
         }
         check();
         return;

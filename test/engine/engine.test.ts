@@ -209,4 +209,35 @@ describe('engine on simulated workers', () => {
     // Stages [0,10) [10,20) [20,30) [30,40): the ones crossing 15 and 30 save.
     expect(r.stats.checkpointsSaved).toBe(2);
   });
+
+  it('forgets a checkpoint once nothing below it needs it', () => {
+    const study = smallStudy({ workers: 1 });
+    const tuner = () =>
+      scriptedTuner({
+        start(ctx) {
+          ctx.propose(spec({ kind: 'piecewise', values: [0.1, 0.01], boundaries: [10] }, 20));
+          ctx.propose(spec({ kind: 'piecewise', values: [0.1, 0.05], boundaries: [10] }, 20));
+        },
+      });
+    const r = simulate(study, ExecutionMode.stageTree, tuner());
+    const options = engineOptions(study, ExecutionMode.stageTree);
+    // Midway (the fork point saved, one child done): the other child still needs it.
+    const firstDone = r.log.findIndex(
+      (e, i) =>
+        e.kind === 'done' &&
+        i > r.log.findIndex((x) => x.kind === 'task' && x.task.saveFirst !== null),
+    );
+    const mid = replay(study, r.log.slice(0, firstDone + 1), tuner(), options);
+    expect(mid.engine.collectCheckpoints()).toEqual([]);
+    // At the end nothing does.
+    const end = replay(study, r.log, tuner(), options);
+    // When the study has finished nothing needs any checkpoint: the fork point's, and
+    // the paused trial's saved when the worker moved on, all go.
+    const saved = r.log.flatMap((e) =>
+      e.kind === 'task' && e.task.saveFirst !== null ? [e.task.saveFirst] : [],
+    );
+    expect(saved).toHaveLength(2);
+    expect(end.engine.collectCheckpoints()).toEqual([...saved].sort());
+    expect(end.engine.collectCheckpoints()).toEqual([]);
+  });
 });
