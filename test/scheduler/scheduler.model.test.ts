@@ -4,9 +4,9 @@ import { Engine, ExecutionMode } from '../../src/engine/index.js';
 import type { Commands, Task, TaskId } from '../../src/engine/index.js';
 import { getStage, getTrial, readyStages } from '../../src/tree/index.js';
 import type { TrialSpec } from '../../src/tuner/types.js';
-import { SimPool, simCosts, simEvaluate, simInit, simTrain } from '../../src/workers/sim/index.js';
+import { SimPool, simCosts } from '../../src/workers/sim/index.js';
 import { EventHeap } from '../../src/workers/sim/heap.js';
-import { c, scriptedTuner, smallStudy } from '../support/sim-study.js';
+import { c, scriptedTuner, simAlone, smallStudy } from '../support/sim-study.js';
 
 /**
  * Model-based test of scheduling (fast-check `fc.commands`). The real system is the
@@ -175,18 +175,6 @@ class Advance implements fc.Command<{ trials: number }, System> {
   toString = (): string => 'advance';
 }
 
-/** The metric a trial sees at `step` when trained alone from scratch. */
-function alone(spec: TrialSpec, step: number): number {
-  const state = simTrain(simInit(spec.params), {
-    stage: 'alone',
-    start: 0,
-    end: step,
-    params: spec.params,
-    schedules: spec.schedules,
-  });
-  return simEvaluate(state, 'max');
-}
-
 describe('scheduler (model-based)', () => {
   it('keeps its invariants and gives every trial what it would get alone', () => {
     let checkedMetrics = 0;
@@ -226,7 +214,7 @@ describe('scheduler (model-based)', () => {
           got.set(e.trial, [...(got.get(e.trial) ?? []), e.step]);
           const i = Number(e.trial.slice(1)) - 1;
           const t = system.model[i] as ModelTrial;
-          expect(e.value).toBe(alone(t.spec, e.step));
+          expect(e.value).toBe(simAlone(t.spec, e.step, 'max'));
           checkedMetrics++;
         }
         if (real.engine.stats.stagesRun > 3) runsWithWork++;

@@ -4,6 +4,7 @@ import { parseStudy } from '../../src/study/index.js';
 import type { Study } from '../../src/study/index.js';
 import type { MetricEvent, Tuner, TunerContext, TrialSpec } from '../../src/tuner/types.js';
 import { upfrontTrials } from '../../src/tuner/upfront.js';
+import { simEvaluate, simInit, simTrain } from '../../src/workers/sim/index.js';
 
 export const c = (x: unknown): Canonical => canonicalize(parseSchedule(x));
 
@@ -69,4 +70,20 @@ export function spec(lr: unknown, until: number, reports: number[] = [], seed = 
     until,
     reports,
   };
+}
+
+/** The metric the sim trainer gives a trial trained alone from scratch to `step`. */
+export function simAlone(
+  spec: Pick<TrialSpec, 'params' | 'schedules'>,
+  step: number,
+  mode: 'min' | 'max',
+): number {
+  const state = simTrain(simInit(spec.params), {
+    stage: 'alone',
+    start: 0,
+    end: step,
+    params: spec.params,
+    schedules: spec.schedules,
+  });
+  return simEvaluate(state, mode);
 }

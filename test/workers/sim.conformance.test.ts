@@ -1,12 +1,7 @@
 import { ExecutionMode } from '../../src/engine/index.js';
 import type { Study } from '../../src/study/index.js';
-import {
-  engineOptions,
-  simEvaluate,
-  simInit,
-  simTrain,
-  simulate,
-} from '../../src/workers/sim/index.js';
+import { engineOptions, simulate } from '../../src/workers/sim/index.js';
+import { simAlone } from '../support/sim-study.js';
 import { describeBackendConformance } from './conformance.js';
 
 describeBackendConformance('sim', {
@@ -15,14 +10,5 @@ describeBackendConformance('sim', {
     const r = simulate(study, ExecutionMode.stageTree);
     return Promise.resolve({ log: r.log, options: engineOptions(study, ExecutionMode.stageTree) });
   },
-  alone: (study, spec, step) => {
-    const state = simTrain(simInit(spec.params), {
-      stage: 'alone',
-      start: 0,
-      end: step,
-      params: spec.params,
-      schedules: spec.schedules,
-    });
-    return Promise.resolve(simEvaluate(state, study.metric.mode));
-  },
+  alone: (study, spec, step) => Promise.resolve(simAlone(spec, step, study.metric.mode)),
 });
