@@ -373,7 +373,37 @@ function keyOf(s: Segment): unknown {
  * agree to 12 digits on a stretch of steps). Stage ids are built from it.
  */
 export function prefixKey(c: Canonical, end: number): string {
-  return hashText(stringify(normalize(clip(c.segments, 0, end)).map(keyOf)));
+  return hashText(stringify(absorb(normalize(clip(c.segments, 0, end))).map(keyOf)));
+}
+
+/**
+ * Merges a segment into its neighbour when the neighbour's closed form gives the same
+ * values over it: a warmup ramp of 5 steps followed by a value that lies on the ramp's
+ * line is the same function, on those steps, as a longer ramp. Forward (a piece extends
+ * over the next segment), then backward (a piece extends over the previous one).
+ * Segments must be finite. For keys only.
+ */
+function absorb(segments: readonly Segment[]): Segment[] {
+  const forward: Segment[] = [];
+  for (const s of segments) {
+    const prev = forward[forward.length - 1];
+    if (prev && s.end !== null && pieceDiff(prev.piece, s.piece, s.start, s.end) === null) {
+      forward[forward.length - 1] = { start: prev.start, end: s.end, piece: prev.piece };
+    } else {
+      forward.push(s);
+    }
+  }
+  const backward: Segment[] = [];
+  for (let i = forward.length - 1; i >= 0; i--) {
+    const s = forward[i] as Segment;
+    const next = backward[backward.length - 1];
+    if (next && s.end !== null && pieceDiff(next.piece, s.piece, s.start, s.end) === null) {
+      backward[backward.length - 1] = { start: s.start, end: next.end, piece: next.piece };
+    } else {
+      backward.push(s);
+    }
+  }
+  return backward.reverse();
 }
 
 /** Whether two pieces are the same closed form with the same parameters. */

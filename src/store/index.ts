@@ -4,6 +4,7 @@ export type {
   AttemptRow,
   AttemptStart,
   MetricRow,
+  StageRow,
   StoredStudy,
   StudyStatus,
   TrialRow,

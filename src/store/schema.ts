@@ -60,6 +60,17 @@ export const MIGRATIONS: readonly string[] = [
   CREATE INDEX attempts_task ON attempts (task);
   PRAGMA application_id = ${APPLICATION_ID};
   `,
+  `
+  CREATE TABLE stages (
+    id        TEXT PRIMARY KEY,
+    start     INTEGER NOT NULL,
+    end       INTEGER NOT NULL,
+    runs      INTEGER NOT NULL DEFAULT 0,
+    last_task INTEGER,
+    done_at   REAL
+  );
+  CREATE INDEX stages_last_task ON stages (last_task);
+  `,
 ];
 
 /**

@@ -65,6 +65,15 @@ export interface TrialRow {
   readonly error: string | null;
 }
 
+export interface StageRow {
+  readonly id: string;
+  readonly start: number;
+  readonly end: number;
+  /** Tasks that trained it (as their stage or as a re-computed ancestor). */
+  readonly runs: number;
+  readonly doneAt: number | null;
+}
+
 export interface MetricRow {
   readonly trial: TrialId;
   readonly step: number;
@@ -350,8 +359,21 @@ export class StudyStore {
         this.requireTrial(entry.trial, `${where}.trial`);
         this.sql.failTrial.run(entry.message, entry.trial);
         return;
-      case 'task':
+      case 'task': {
+        const runs = entry.task.runs;
+        runs.forEach((r, i) => {
+          this.sql.touchStage.run({
+            id: r.stage,
+            start: r.start,
+            end: r.end,
+            task: i === runs.length - 1 ? entry.task.id : null,
+          });
+        });
+        return;
+      }
       case 'done':
+        this.sql.stageDone.run({ t: entry.t, task: entry.task });
+        return;
       case 'cancel':
       case 'fail':
       case 'lost':
@@ -401,6 +423,22 @@ export class StudyStore {
   // ------------------------------------------------------------------ trials
 
   /** Every trial, in proposal order. */
+  /**
+   * Every stage a task trained, with how many times it was trained (more than once only
+   * after a failure or a lost state) and when it was done (null: never finished).
+   */
+  stages(): StageRow[] {
+    return (
+      this.sql.allStages.all() as {
+        id: string;
+        start: number;
+        end: number;
+        runs: number;
+        done_at: number | null;
+      }[]
+    ).map((r) => ({ id: r.id, start: r.start, end: r.end, runs: r.runs, doneAt: r.done_at }));
+  }
+
   trials(): TrialRow[] {
     return (this.sql.allTrials.all() as TrialDbRow[]).map(toTrialRow);
   }
@@ -607,6 +645,14 @@ function prepare(db: Database.Database) {
     allMetrics: db.prepare(
       'SELECT m.trial, m.step, m.value FROM metrics m JOIN trials t ON t.id = m.trial ORDER BY t.seq, m.step',
     ),
+    touchStage: db.prepare(
+      `INSERT INTO stages (id, start, end, runs, last_task) VALUES (@id, @start, @end, 1, @task)
+       ON CONFLICT (id) DO UPDATE SET runs = runs + 1, last_task = coalesce(@task, last_task)`,
+    ),
+    stageDone: db.prepare(
+      'UPDATE stages SET done_at = @t WHERE last_task = @task AND done_at IS NULL',
+    ),
+    allStages: db.prepare('SELECT id, start, end, runs, done_at FROM stages ORDER BY start, id'),
     insertAttempt: db.prepare(
       'INSERT INTO attempts (task, worker, stage, started_at) VALUES (?, ?, ?, ?)',
     ),

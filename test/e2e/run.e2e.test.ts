@@ -11,7 +11,7 @@ import { gridConfigs, parseStudy } from '../../src/study/index.js';
 import type { Study } from '../../src/study/index.js';
 import { QuadraticTrainer } from '../../src/trainer/index.js';
 import { reportSteps } from '../../src/tuner/index.js';
-import { quiet, storedLog, storedMetrics } from '../support/real-run.js';
+import { fromStore, quiet, storedLog, storedMetrics } from '../support/real-run.js';
 
 /**
  * Real execution end to end: the engine's gRPC hub on 127.0.0.1, worker processes
@@ -103,6 +103,10 @@ describe('stagetree run (real worker processes)', () => {
     // 4 trials x 20 steps alone; the tree shares [0, 10) per initial LR and [10, 15) for milestone 15.
     expect(stepsTrained(log(base.paths.db))).toBe(80);
     expect(stepsTrained(log(out.paths.db))).toBe(20 + 20 + 10 + 10);
+    // The store's stage table: every stage trained once, and done.
+    const stages = fromStore(out.paths.db, (st) => st.stages());
+    expect(stages.length).toBeGreaterThan(0);
+    for (const st of stages) expect([st.runs, st.doneAt !== null]).toEqual([1, true]);
   });
 
   it('survives a worker killed with SIGKILL mid-stage', async () => {

@@ -162,6 +162,21 @@ describe('firstDiff', () => {
     expect(valueAt(a, d as number)).not.toBe(1);
   });
 
+  it('gives equal prefix keys to a ramp and a shorter ramp whose next value lies on its line', () => {
+    // Found by the tree's order-independence property: 0 -> 0.05 over 5 steps then a
+    // cosine from 0.05 equals 0 -> 0.1 over 10 steps on [0, 6).
+    const a = c({
+      kind: 'warmup',
+      steps: 5,
+      from: 0,
+      then: { kind: 'cosine', max: 0.05, min: 0.001, period: 10 },
+    });
+    const b = c({ kind: 'warmup', steps: 10, from: 0, then: 0.1 });
+    expect(firstDiff(a, b, 0, 20)).toBe(6);
+    expect(prefixKey(a, 6)).toBe(prefixKey(b, 6));
+    expect(prefixKey(a, 7)).not.toBe(prefixKey(b, 7));
+  });
+
   it('refuses an infinite horizon', () => {
     expect(() => firstDiff(c(1), c(2), 0, Number.POSITIVE_INFINITY)).toThrow(/finite horizon/);
   });

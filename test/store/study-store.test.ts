@@ -66,7 +66,7 @@ describe('StudyStore: file and schema', () => {
       .prepare(`SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name`)
       .pluck()
       .all();
-    expect(tables).toEqual(['attempts', 'events', 'metrics', 'study', 'trials']);
+    expect(tables).toEqual(['attempts', 'events', 'metrics', 'stages', 'study', 'trials']);
     db.close();
   });
 
