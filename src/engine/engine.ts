@@ -302,6 +302,7 @@ export class Engine {
       this.failedTrials.set(t, message);
       this.log.push({ t: this.now, kind: 'trialFailed', trial: t, message });
       this.stop(t);
+      if (!this.finished) this.tuner.onTrialFailed?.(this.ctx, t, message);
     }
   }
 

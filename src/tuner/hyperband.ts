@@ -94,6 +94,13 @@ export class HyperbandTuner implements Tuner {
   onIdle(ctx: TunerContext): void {
     ctx.finish();
   }
+
+  onTrialFailed(ctx: TunerContext, trial: TrialId): void {
+    const bracket = this.owner.get(trial);
+    if (!bracket) return;
+    bracket.onTrialFailed(ctx, trial);
+    if (this.brackets.every((b) => b.done)) ctx.finish();
+  }
 }
 
 /**

@@ -91,6 +91,16 @@ export class PbtTuner implements Tuner {
     if (this.values.size === this.members.length) this.round(ctx);
   }
 
+  /** A member failed for good: it counts as the worst of its generation (and is replaced). */
+  onTrialFailed(ctx: TunerContext, trial: TrialId): void {
+    if (this.done || !this.members.some((m) => m.trial === trial)) return;
+    this.values.set(
+      trial,
+      ctx.study.metric.mode === 'max' ? Number.NEGATIVE_INFINITY : Number.POSITIVE_INFINITY,
+    );
+    if (this.values.size === this.members.length) this.round(ctx);
+  }
+
   onIdle(ctx: TunerContext): void {
     ctx.finish();
   }

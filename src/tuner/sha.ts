@@ -62,6 +62,16 @@ export class ShaBracket {
     if (this.results.size === this.live.length) this.decide(ctx);
   }
 
+  /** A trial failed for good: the rung no longer waits for it. */
+  onTrialFailed(ctx: TunerContext, trial: TrialId): void {
+    if (this.finished || !this.liveSet.has(trial)) return;
+    this.liveSet.delete(trial);
+    this.results.delete(trial);
+    this.live = this.live.filter((m) => m.trial !== trial);
+    if (this.live.length === 0) this.finished = true;
+    else if (this.results.size === this.live.length) this.decide(ctx);
+  }
+
   private decide(ctx: TunerContext): void {
     if (this.rung === this.rungs.length - 1) {
       this.finished = true;
@@ -129,5 +139,11 @@ export class ShaTuner implements Tuner {
 
   onIdle(ctx: TunerContext): void {
     ctx.finish();
+  }
+
+  onTrialFailed(ctx: TunerContext, trial: TrialId): void {
+    if (!this.bracket) return;
+    this.bracket.onTrialFailed(ctx, trial);
+    if (this.bracket.done) ctx.finish();
   }
 }

@@ -65,6 +65,12 @@ export interface Tuner {
    * or finish; doing nothing ends the study.
    */
   onIdle(ctx: TunerContext): void;
+  /**
+   * Optional: the engine stopped `trial` because a stage of it failed more than the
+   * study's `retries` allow; no metric of it follows. Tuners that wait for every trial
+   * of a rung or generation must stop waiting for it.
+   */
+  onTrialFailed?(ctx: TunerContext, trial: TrialId, message: string): void;
 }
 
 /** Better-than for the study's metric mode. */

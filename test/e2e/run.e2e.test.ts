@@ -272,4 +272,21 @@ describe('stagetree run (real worker processes)', () => {
     ).toBe(true);
     expect(storedMetrics(out.paths.db)).toEqual(await alone(study));
   });
+
+  it('lets SHA go on to its last rung when one of its trials fails for good', async () => {
+    const { file, study, dir } = setup(
+      studyJson(
+        {
+          retries: 0,
+          space: { lr: { choice: [0.02, 0.05] }, momentum: 0.9 },
+          tuner: { kind: 'sha', trials: 4, eta: 2, minSteps: 5, seed: 4 },
+        },
+        { failAboveLr: 0.03 },
+      ),
+    );
+    const out = await runStudy(file, study, { db: join(dir, 's.db') }, { log: quiet });
+    expect(out.status.trials.failed).toBeGreaterThan(0);
+    expect(out.status.finished).toBe(true);
+    expect([...storedMetrics(out.paths.db).keys()].some((k) => k.endsWith('@20'))).toBe(true);
+  });
 });
