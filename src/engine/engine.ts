@@ -550,11 +550,15 @@ export class Engine {
     for (const c of childrenOf(this.tree, id)) {
       if (c.id !== except && c.refs > 0 && !c.done && !this.runningStages.has(c.id)) return true;
     }
-    for (const t of s.ends) {
+    return this.pausedAt(s);
+  }
+
+  /** Whether an active trial pauses at the stage's end and may still be extended. */
+  private pausedAt(s: Stage): boolean {
+    return s.ends.some((t) => {
       const trial = getTrial(this.tree, t);
-      if (trial.status === 'active' && trial.until < this.study.steps) return true;
-    }
-    return false;
+      return trial.status === 'active' && trial.until < this.study.steps;
+    });
   }
 
   private keyOf(id: StageId): CheckpointKey {
@@ -589,10 +593,7 @@ export class Engine {
       const s = getStage(this.tree, id);
       let below = false;
       for (const c of shardValues(s.children)) if (visit(c)) below = true;
-      const paused = s.ends.some((t) => {
-        const trial = getTrial(this.tree, t);
-        return trial.status === 'active' && trial.until < this.study.steps;
-      });
+      const paused = this.pausedAt(s);
       if (s.parent !== null && (below || paused || (this.study.keepBest && this.finalOf(s)))) {
         needed.add(this.keyOf(s.id));
       }
@@ -617,10 +618,7 @@ export class Engine {
   /** Whether a stage's end state will be a starting point: a demanded child, or a paused trial. */
   private neededLater(s: Stage): boolean {
     for (const c of childrenOf(this.tree, s.id)) if (c.refs > 0 && !c.done) return true;
-    return s.ends.some((t) => {
-      const trial = getTrial(this.tree, t);
-      return trial.status === 'active' && trial.until < this.study.steps;
-    });
+    return this.pausedAt(s);
   }
 
   private workerViews(): WorkerView[] {
@@ -716,12 +714,7 @@ export class Engine {
       chain.unshift(p);
     }
 
-    const trialBasedPause =
-      this.options.mode === ExecutionMode.trialBased &&
-      s.ends.some((t) => {
-        const trial = getTrial(this.tree, t);
-        return trial.until === s.end && trial.until < this.study.steps;
-      });
+    const trialBasedPause = this.options.mode === ExecutionMode.trialBased && this.pausedAt(s);
     const every = this.options.checkpointEvery;
     const safety = every !== null && Math.floor(s.end / every) > Math.floor(s.start / every);
     // Durable runs keep every state a later stage may start from, so that a crash of the

@@ -17,14 +17,7 @@ export function replay(
   options: EngineOptions,
 ): { engine: Engine; sameLog: boolean; firstDifference: number | null } {
   const engine = new Engine(study, tuner, options);
-  const start = log[0]?.t ?? 0;
-  engine.start(start);
-  for (const e of log) {
-    if (e.kind === 'done') engine.complete(e.t, e.task, { metric: e.metric });
-    else if (e.kind === 'fail')
-      engine.taskFailed(e.t, e.task, { message: e.message, reason: e.reason });
-    else if (e.kind === 'lost') engine.workerLost(e.t, e.worker, e.reason);
-  }
+  feedLog(engine, log);
   const a = log.map((e) => JSON.stringify(e));
   const b = engine.log.map((e) => JSON.stringify(e));
   let firstDifference: number | null = null;
@@ -35,6 +28,20 @@ export function replay(
     }
   }
   return { engine, sameLog: firstDifference === null, firstDifference };
+}
+
+/**
+ * Starts a fresh engine at the log's first instant and gives it the log's inputs in
+ * order (completions, failures, lost workers); the commands it answers are dropped.
+ */
+export function feedLog(engine: Engine, log: readonly LogEntry[]): void {
+  engine.start(log[0]?.t ?? 0);
+  for (const e of log) {
+    if (e.kind === 'done') engine.complete(e.t, e.task, { metric: e.metric });
+    else if (e.kind === 'fail')
+      engine.taskFailed(e.t, e.task, { message: e.message, reason: e.reason });
+    else if (e.kind === 'lost') engine.workerLost(e.t, e.worker, e.reason);
+  }
 }
 
 export interface LogAccount {

@@ -66,9 +66,13 @@ function memoPrefixKey(c: Canonical, end: number): string {
 
 type Schedules = Pick<TrialRecord, 'schedules' | 'hps' | 'mergeKey'>;
 
+/** The prefix keys of a trial's schedules on [0, end): what identifies its path there. */
+function pathKeys(t: Schedules, end: number): string[] {
+  return t.hps.map((h) => memoPrefixKey(t.schedules[h] as Canonical, end));
+}
+
 function stageIdOf(t: Schedules, start: number, end: number): StageId {
-  const keys = t.hps.map((h) => memoPrefixKey(t.schedules[h] as Canonical, end));
-  return 'S' + hashText(JSON.stringify([t.mergeKey, start, end, keys]));
+  return 'S' + hashText(JSON.stringify([t.mergeKey, start, end, pathKeys(t, end)]));
 }
 
 /**
@@ -79,9 +83,9 @@ function stageIdOf(t: Schedules, start: number, end: number): StageId {
 export function stateKey(tree: StageTree, id: StageId): string {
   const s = getStage(tree, id);
   if (s.parent === null) return 'K' + id;
-  const rep = getTrial(tree, s.rep);
-  const keys = rep.hps.map((h) => memoPrefixKey(rep.schedules[h] as Canonical, s.end));
-  return 'K' + hashText(JSON.stringify([s.mergeKey, s.end, keys]));
+  return (
+    'K' + hashText(JSON.stringify([s.mergeKey, s.end, pathKeys(getTrial(tree, s.rep), s.end)]))
+  );
 }
 
 function rootIdOf(mergeKey: string): StageId {

@@ -1,4 +1,4 @@
-import { Engine, toWireTask } from '../engine/index.js';
+import { Engine, feedLog, toWireTask } from '../engine/index.js';
 import type { Commands, EngineOptions, LogEntry, TaskId, WorkerId } from '../engine/index.js';
 import type { Study } from '../study/index.js';
 import type { Tuner } from '../tuner/index.js';
@@ -120,13 +120,7 @@ export async function runWithPool(options: RunOptions): Promise<RunResult> {
   const resume = options.resumeFrom ?? [];
   if (resume.length > 0) {
     // Rebuild the engine and tuner from the log, then carry on after its last instant.
-    engine.start(resume[0]?.t ?? 0);
-    for (const e of resume) {
-      if (e.kind === 'done') engine.complete(e.t, e.task, { metric: e.metric });
-      else if (e.kind === 'fail')
-        engine.taskFailed(e.t, e.task, { message: e.message, reason: e.reason });
-      else if (e.kind === 'lost') engine.workerLost(e.t, e.worker, e.reason);
-    }
+    feedLog(engine, resume);
     flushed = Math.min(engine.log.length, resume.length);
     offset = (resume[resume.length - 1]?.t ?? 0) - clock();
     // The earlier run's workers are gone with it.
