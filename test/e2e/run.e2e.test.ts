@@ -5,13 +5,18 @@ import { basename, join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { runStudy } from '../../src/cli/run.js';
 import { ExecutionMode } from '../../src/engine/index.js';
-import type { LogEntry } from '../../src/engine/index.js';
-import { canonicalize, parseSchedule, valueAt } from '../../src/schedule/index.js';
 import { gridConfigs, parseStudy } from '../../src/study/index.js';
 import type { Study } from '../../src/study/index.js';
 import { QuadraticTrainer } from '../../src/trainer/index.js';
 import { reportSteps } from '../../src/tuner/index.js';
-import { fromStore, quiet, storedLog, storedMetrics } from '../support/real-run.js';
+import {
+  fromStore,
+  quadraticAlone,
+  quiet,
+  stepsTrained,
+  storedLog,
+  storedMetrics,
+} from '../support/real-run.js';
 
 /**
  * Real execution end to end: the engine's gRPC hub on 127.0.0.1, worker processes
@@ -59,28 +64,18 @@ function setup(json: Record<string, unknown>): { file: string; study: Study; dir
 /** Every trial's metric at every report step when it trains alone from scratch, in-process. */
 async function alone(study: Study): Promise<Map<string, number>> {
   const out = new Map<string, number>();
-  const configs = gridConfigs(study);
-  for (const cfg of configs) {
-    const id = `t${cfg.index + 1}`;
+  for (const cfg of gridConfigs(study)) {
     for (const r of reportSteps(study)) {
-      const t = new QuadraticTrainer();
-      const params = { ...cfg.params, stepDelayMs: 0, failAboveLr: Number.POSITIVE_INFINITY };
-      t.init(params, typeof cfg.params.seed === 'number' ? cfg.params.seed : 0);
-      const lr = cfg.canonical.lr ?? canonicalize(parseSchedule(0.05));
-      await t.train(0, r, (s) => ({ lr: valueAt(lr, s), momentum: 0.9 }), { cancelled: false });
-      out.set(`${id}@${r}`, t.evaluate().loss as number);
+      out.set(
+        `t${cfg.index + 1}@${r}`,
+        await quadraticAlone({ params: cfg.params, schedules: cfg.canonical }, r),
+      );
     }
   }
   return out;
 }
 
 const log = storedLog;
-
-const stepsTrained = (entries: readonly LogEntry[]): number =>
-  entries.reduce(
-    (n, e) => (e.kind === 'task' ? n + e.task.runs.reduce((m, r) => m + r.end - r.start, 0) : n),
-    0,
-  );
 
 describe('stagetree run (real worker processes)', () => {
   it('gives every trial the metrics it gets alone, training shared prefixes once', async () => {

@@ -7,6 +7,9 @@ import { ExecutionMode } from '../../src/engine/index.js';
 import type { LogEntry } from '../../src/engine/index.js';
 import { StudyStore } from '../../src/store/index.js';
 import type { Study } from '../../src/study/index.js';
+import { valueAt } from '../../src/schedule/index.js';
+import type { Canonical } from '../../src/schedule/index.js';
+import { QuadraticTrainer } from '../../src/trainer/index.js';
 
 export const quiet = (): void => undefined;
 
@@ -48,4 +51,35 @@ export async function runBothModes(
     },
   );
   return { stageTree, trialBased };
+}
+
+/** Training steps the tasks of a log ran, re-computations included. */
+export const stepsTrained = (entries: readonly LogEntry[]): number =>
+  entries.reduce(
+    (n, e) => (e.kind === 'task' ? n + e.task.runs.reduce((m, r) => m + r.end - r.start, 0) : n),
+    0,
+  );
+
+/**
+ * The QuadraticTrainer's loss for a trial trained alone from scratch to `step`, in this
+ * process (the test knobs `stepDelayMs` and `failAboveLr` switched off).
+ */
+export async function quadraticAlone(
+  spec: {
+    readonly params: Readonly<Record<string, unknown>>;
+    readonly schedules: Readonly<Record<string, Canonical>>;
+  },
+  step: number,
+): Promise<number> {
+  const t = new QuadraticTrainer();
+  const params = { ...spec.params, stepDelayMs: 0, failAboveLr: Number.POSITIVE_INFINITY };
+  t.init(params, typeof spec.params.seed === 'number' ? spec.params.seed : 0);
+  const hps = Object.keys(spec.schedules).sort();
+  await t.train(
+    0,
+    step,
+    (s) => Object.fromEntries(hps.map((h) => [h, valueAt(spec.schedules[h] as Canonical, s)])),
+    { cancelled: false },
+  );
+  return t.evaluate().loss as number;
 }

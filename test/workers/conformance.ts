@@ -6,6 +6,7 @@ import type { Study } from '../../src/study/index.js';
 import { getTrial } from '../../src/tree/index.js';
 import { createTuner } from '../../src/tuner/index.js';
 import type { TrialSpec } from '../../src/tuner/index.js';
+import { stepsTrained } from '../support/real-run.js';
 
 /**
  * The worker-backend conformance suite: one set of checks that every backend (the sim
@@ -95,11 +96,7 @@ export function describeBackendConformance(name: string, backend: Backend): void
       }
       for (const n of steps.values()) expect(n).toBe(1);
       // 3 initial LRs share [0, 8); milestone 12 shares [8, 12) with nothing else.
-      const trained = log.reduce(
-        (n, e) =>
-          e.kind === 'task' ? n + e.task.runs.reduce((m, r) => m + r.end - r.start, 0) : n,
-        0,
-      );
+      const trained = stepsTrained(log);
       expect(trained).toBe(3 * (8 + 8 + 8));
     });
 

@@ -3,11 +3,9 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { runStudy } from '../../src/cli/run.js';
 import { ExecutionMode } from '../../src/engine/index.js';
-import { valueAt } from '../../src/schedule/index.js';
-import type { Canonical } from '../../src/schedule/index.js';
 import { StudyStore } from '../../src/store/index.js';
-import { QuadraticTrainer } from '../../src/trainer/index.js';
 import { engineOptions } from '../../src/workers/sim/index.js';
+import { quadraticAlone } from '../support/real-run.js';
 import { describeBackendConformance } from './conformance.js';
 
 const TRAINER = join(resolve(import.meta.dirname, '../..'), 'dist', 'trainer', 'quadratic.js');
@@ -29,16 +27,5 @@ describeBackendConformance('process', {
       store.close();
     }
   },
-  alone: async (_study, spec, step) => {
-    const t = new QuadraticTrainer();
-    t.init(spec.params, typeof spec.params.seed === 'number' ? spec.params.seed : 0);
-    const hps = Object.keys(spec.schedules).sort();
-    await t.train(
-      0,
-      step,
-      (s) => Object.fromEntries(hps.map((h) => [h, valueAt(spec.schedules[h] as Canonical, s)])),
-      { cancelled: false },
-    );
-    return t.evaluate().loss as number;
-  },
+  alone: (_study, spec, step) => quadraticAlone(spec, step),
 });
