@@ -23,11 +23,13 @@ export default tseslint.config(
     },
   },
   {
-    files: ['scripts/**/*.mjs', 'eslint.config.js'],
+    files: ['scripts/**/*.mjs', 'test/fixtures/**/*.mjs', 'eslint.config.js'],
     ...tseslint.configs.disableTypeChecked,
   },
   {
-    files: ['scripts/**/*.mjs'],
-    languageOptions: { globals: { console: 'readonly', process: 'readonly' } },
+    files: ['scripts/**/*.mjs', 'test/fixtures/**/*.mjs'],
+    languageOptions: {
+      globals: { console: 'readonly', process: 'readonly', setInterval: 'readonly' },
+    },
   },
 );

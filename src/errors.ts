@@ -10,6 +10,16 @@ export const ErrorCode = {
   unsupported: 'STAGETREE_UNSUPPORTED',
   /** A checkpoint file exists but its magic, length or SHA-256 checksum is wrong. */
   corruptCheckpoint: 'STAGETREE_CORRUPT_CHECKPOINT',
+  /** Another live process owns the study store (one engine per store). */
+  busy: 'STAGETREE_BUSY',
+  /** A file or folder the user named cannot be used (not writable, not a folder, ...). */
+  io: 'STAGETREE_IO',
+  /** The machine, not the study, failed: the trainer cannot load, the disk is full. Resumable. */
+  environment: 'STAGETREE_ENVIRONMENT',
+  /** A stored study cannot be resumed as it is (its log does not replay, its trainer changed). */
+  resume: 'STAGETREE_RESUME',
+  /** A bug in stagetree itself. */
+  internal: 'STAGETREE_INTERNAL',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 
@@ -89,4 +99,60 @@ export class ConflictError extends StagetreeError {
   constructor(message: string) {
     super(ErrorCode.conflict, message);
   }
+}
+
+/** Another live process owns the study store: one engine per store at a time. */
+export class StoreBusyError extends StagetreeError {
+  readonly pid: number;
+  readonly since: number;
+
+  constructor(study: string, pid: number, since: number) {
+    super(
+      ErrorCode.busy,
+      `study ${study} is being run by pid ${pid} since ${new Date(since * 1000).toISOString()}`,
+    );
+    this.pid = pid;
+    this.since = since;
+  }
+}
+
+/** A path the user gave cannot be used; `path` names it, the message says why and what to do. */
+export class IoError extends StagetreeError {
+  readonly path: string;
+
+  constructor(path: string, problem: string, options?: ErrorOptions) {
+    super(ErrorCode.io, `${path}: ${problem}`, options);
+    this.path = path;
+  }
+}
+
+/**
+ * The machine failed, not the study: the trainer cannot load, the checkpoint folder is
+ * not writable, the disk is full. The study is left resumable: fix the cause, run again.
+ */
+export class EnvironmentError extends StagetreeError {
+  constructor(message: string, options?: ErrorOptions) {
+    super(ErrorCode.environment, message, options);
+  }
+}
+
+/** A stored study cannot be resumed as it is; the message says what differs and how to go on. */
+export class ResumeError extends StagetreeError {
+  constructor(message: string) {
+    super(ErrorCode.resume, message);
+  }
+}
+
+/** A readable one-line description of anything thrown (never `[object Object]`). */
+export function describeError(e: unknown): string {
+  if (e instanceof Error) return e.message;
+  if (typeof e === 'string') return e;
+  try {
+    // undefined for undefined, functions and symbols
+    const json = JSON.stringify(e) as string | undefined;
+    if (json !== undefined) return `${typeof e} thrown: ${json}`;
+  } catch {
+    // not serialisable: fall through
+  }
+  return `${typeof e} thrown: ${String(e)}`;
 }

@@ -34,6 +34,7 @@ async function dispatch(): Promise<Record<string, number>> {
   const waiters = new Map<number, (m: WorkerToEngine) => void>();
   let pool: ProcessPool | null = null;
   const hub = await startWorkerHub({
+    admit: (r) => (pool ? pool.admit(r) : { code: 'unauthenticated', message: 'no pool yet' }),
     onConnect: (c) => {
       conns.set(c.registration.workerId, c);
       pool?.attach(c);

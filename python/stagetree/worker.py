@@ -3,8 +3,12 @@
 Run as ``python -m stagetree.worker`` with these environment variables (the engine's
 worker pool sets them):
 
-- ``STAGETREE_ENGINE``: the engine's worker port, ``host:port``.
-- ``STAGETREE_WORKER_ID``: this worker's id, unique among live workers.
+- ``STAGETREE_ENGINE``: the engine's worker port, ``host:port``, or its Unix socket,
+  ``unix:/path``.
+- ``STAGETREE_WORKER_ID``: this worker's id, unique among live workers (the engine's
+  ``Welcome.worker_id``, when set, replaces it).
+- ``STAGETREE_WORKER_SECRET``: the secret the engine started this worker with, sent in
+  ``Register.secret`` (never printed; removed from the environment the trainer sees).
 - ``STAGETREE_TRAINER``: the trainer class, ``module:Class`` (imported from
   ``PYTHONPATH``; the class is instantiated once, with no arguments).
 - ``STAGETREE_GPU_SHARE``: the share of its GPUs the worker was started for, in
@@ -16,16 +20,28 @@ The protocol (``proto/stagetree/v1/worker.proto``): the worker dials the engine,
 ``WorkerHubService.Connect``, sends ``Register``, waits for ``Welcome``, then sends a
 ``Heartbeat`` every ``heartbeat_seconds`` from a thread and serves ``RunTask`` one at a
 time with one trainer instance kept across tasks. ``CancelTask`` stops the running task
-at the next step (``hp(step)`` raises ``Cancelled``) and drops the trainer's state;
-``Shutdown`` lets the running task finish, starts no other and ends the process with
-status 0; losing the engine stops the running task and ends the process with status 1
-and a one-line message on stderr. A configuration error (missing variable, trainer
-that does not import) ends it with status 2 before it connects.
+at the next step (``hp(step)`` raises ``Cancelled``) and drops the trainer's state; a
+task cancelled after its last step (while it saves or evaluates) sends no result.
+``Shutdown`` cancels the running task, starts no other and ends the process with status
+0 within a few seconds (at once, without the task's result, if the trainer does not
+reach a step boundary within ``SHUTDOWN_GRACE_SECONDS``). Losing the engine (the stream
+breaks, or the parent process dies and the worker is re-parented) ends the process with
+status 1 and a one-line message on stderr within ``STOP_GRACE_SECONDS``, even while the
+trainer is inside a long ``train()`` call. A configuration error (missing variable,
+trainer that does not import) ends it with status 2 before it connects.
+
+``python -m stagetree.worker --check`` only loads the trainer class named by
+``STAGETREE_TRAINER`` and prints one JSON line: ``{"ok": true, "fingerprint":
+"sha256:<hex>", "file": "<source file>"}`` (status 0) or ``{"ok": false, "error":
+"<why>"}`` (status 1).
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import importlib
+import inspect
 import json
 import os
 import queue
@@ -46,6 +62,7 @@ __all__ = [
     "WorkerConfig",
     "config_from_env",
     "load_trainer_class",
+    "check_trainer",
     "Worker",
     "main",
 ]
@@ -57,19 +74,44 @@ EXIT_OK = 0
 EXIT_ENGINE_LOST = 1
 EXIT_CONFIG = 2
 
-#: Seconds a trainer gets to reach a step boundary after the engine is lost before the
-#: process ends regardless.
-STOP_GRACE_SECONDS = 10.0
+#: Seconds a trainer gets to reach a step boundary after the stream to the engine broke
+#: before the process ends regardless (a long step in C code, a train() that never calls
+#: hp). A dead parent process ends it at once.
+STOP_GRACE_SECONDS = 2.0
+
+#: Seconds the running task gets, after Shutdown, to stop at a step boundary before the
+#: process ends regardless (status 0).
+SHUTDOWN_GRACE_SECONDS = 2.0
+
+#: Seconds to wait, when the worker ends after Shutdown, for queued messages to go out
+#: and the engine to end the stream.
+DRAIN_SECONDS = 2.0
+
+#: How often the worker checks that its parent process (the engine) is still there.
+PARENT_POLL_SECONDS = 0.2
+
+#: The largest message either side sends or accepts (gRPC's max_send_message_length and
+#: max_receive_message_length on the channel; worker.proto, TaskFailed.reason).
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+#: TaskFailed.message and TaskFailed.detail are cut to these many characters.
+MAX_FAILED_MESSAGE_CHARS = 4096
+MAX_FAILED_DETAIL_CHARS = 65536
 
 #: TaskDone.seconds keys: process start-up (first task only), init(), checkpoint read
 #: and load(), save() and write, train(), evaluate().
-#: Seconds to wait, when the worker ends after Shutdown, for queued messages to go out
-#: and the engine to end the stream.
-DRAIN_SECONDS = 5.0
-
 PHASES = ("start", "init", "load", "save", "train", "evaluate")
 
+#: Errors writing a checkpoint that are the machine's, not the trainer's or the
+#: worker's: TaskFailed with reason "environment" (the engine stops the run).
+ENVIRONMENT_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in ("EACCES", "EPERM", "EROFS", "ENOSPC", "EDQUOT")
+    if hasattr(errno, name)
+)
+
 _T0 = time.monotonic()  # about when the process started (this module is imported early)
+_PPID0 = os.getppid()  # the parent (the engine, or what started the worker) at start
 
 
 class ConfigError(Exception):
@@ -88,9 +130,15 @@ class CheckpointUnavailable(Exception):
     "checkpoint" (the engine re-computes the state instead of retrying)."""
 
 
+class EnvironmentFailure(Exception):
+    """The machine failed the task (a checkpoint folder that is not writable, a full
+    disk): TaskFailed with reason "environment"."""
+
+
 #: TaskFailed.reason values (worker.proto).
 REASON_TRAINER = "trainer"
 REASON_CHECKPOINT = "checkpoint"
+REASON_ENVIRONMENT = "environment"
 REASON_WORKER = "worker"
 
 
@@ -102,6 +150,8 @@ class WorkerConfig:
     gpu_share: float = 1.0
     gpus: tuple[int, ...] = ()
     connect_timeout: float = 30.0
+    #: STAGETREE_WORKER_SECRET, sent in Register.secret; kept out of repr() and logs.
+    secret: str = field(default="", repr=False)
 
 
 def _parse_gpus(value: str | None) -> tuple[int, ...]:
@@ -130,11 +180,22 @@ def config_from_env(env: Mapping[str, str] | None = None) -> WorkerConfig:
             raise ConfigError(f"{name}: expected {expected}, got nothing (variable not set)")
         return v
 
-    engine = need("STAGETREE_ENGINE", "the engine's address as host:port")
-    host, sep, port = engine.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"STAGETREE_ENGINE: expected host:port, got {engine!r}")
+    engine = need("STAGETREE_ENGINE", "the engine's address as host:port or unix:/path")
+    if engine.startswith("unix:"):  # the engine's hub on a Unix socket (gRPC's syntax)
+        if not engine[len("unix:") :].strip("/"):
+            raise ConfigError(f"STAGETREE_ENGINE: expected unix:/path, got {engine!r}")
+    else:
+        host, sep, port = engine.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"STAGETREE_ENGINE: expected host:port or unix:/path, got {engine!r}")
     worker_id = need("STAGETREE_WORKER_ID", "this worker's id")
+    # Never echo the value (it is a credential).
+    secret = env.get("STAGETREE_WORKER_SECRET", "")
+    if not secret.strip():
+        raise ConfigError(
+            "STAGETREE_WORKER_SECRET: expected the secret the engine started this worker "
+            "with, got nothing (variable not set)"
+        )
     trainer = need("STAGETREE_TRAINER", "the trainer class as module:Class")
     if trainer.count(":") != 1 or not all(trainer.split(":")):
         raise ConfigError(f"STAGETREE_TRAINER: expected module:Class, got {trainer!r}")
@@ -159,36 +220,117 @@ def config_from_env(env: Mapping[str, str] | None = None) -> WorkerConfig:
         gpu_share=share,
         gpus=_parse_gpus(env.get("CUDA_VISIBLE_DEVICES")),
         connect_timeout=timeout,
+        secret=secret,
     )
 
 
+TRAINER_METHODS = ("init", "train", "evaluate", "save", "load")
+
+
+class TrainerNotLoadable(ConfigError):
+    """STAGETREE_TRAINER does not name a usable trainer class. ``str()`` is the worker's
+    configuration message; ``why`` the short reason ``--check`` prints."""
+
+    def __init__(self, message: str, why: str) -> None:
+        super().__init__(message)
+        self.why = why
+
+
+def _where(e: BaseException) -> str:
+    """`` (file:line)`` of the innermost frame of e's traceback outside importlib."""
+    frames = [
+        f for f in traceback.extract_tb(e.__traceback__) if not f.filename.startswith("<frozen ")
+    ]
+    return f" ({frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+
+
+def _missing_methods(obj: Any) -> list[str]:
+    """The trainer methods obj lacks; for a subclass of stagetree.Trainer, also those it
+    does not override (the base class's only raise NotImplementedError)."""
+    from .trainer import Trainer
+
+    missing = []
+    for m in TRAINER_METHODS:
+        if not callable(getattr(obj, m, None)):
+            missing.append(m)
+        elif (
+            inspect.isclass(obj)
+            and issubclass(obj, Trainer)
+            and getattr(obj, m) is getattr(Trainer, m)
+        ):
+            missing.append(m)
+    return missing
+
+
 def load_trainer_class(spec: str) -> Callable[[], Any]:
-    """Imports ``module:Class`` (from ``sys.path``, which includes ``PYTHONPATH``)."""
+    """Imports ``module:Class`` (from ``sys.path``, which includes ``PYTHONPATH``);
+    ``TrainerNotLoadable`` (a ``ConfigError``) says why it cannot be used."""
+    if spec.count(":") != 1 or not all(spec.split(":")):
+        raise TrainerNotLoadable(
+            f"STAGETREE_TRAINER: expected module:Class, got {spec!r}",
+            f"STAGETREE_TRAINER: expected module:Class, got {spec!r}",
+        )
     module_name, _, attr = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
-    except Exception as e:
-        raise ConfigError(
-            f"STAGETREE_TRAINER: cannot import module {module_name!r}: " f"{type(e).__name__}: {e}"
+    except ModuleNotFoundError as e:
+        config = f"STAGETREE_TRAINER: cannot import module {module_name!r}: {type(e).__name__}: {e}"
+        if e.name is not None and (module_name == e.name or module_name.startswith(e.name + ".")):
+            why = str(e)  # the trainer's own module (or its package) is not on the path
+        else:  # the module imports something that is not installed
+            why = f"module {module_name} cannot be imported: {e}{_where(e)}"
+        raise TrainerNotLoadable(config, why) from e
+    except (Exception, SystemExit) as e:
+        raise TrainerNotLoadable(
+            f"STAGETREE_TRAINER: cannot import module {module_name!r}: {type(e).__name__}: {e}",
+            f"module {module_name} raised {type(e).__name__} at import: {e}{_where(e)}",
         ) from e
     obj: Any = module
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)
         except AttributeError:
-            raise ConfigError(
-                f"STAGETREE_TRAINER: module {module_name!r} has no {attr!r}"
+            raise TrainerNotLoadable(
+                f"STAGETREE_TRAINER: module {module_name!r} has no {attr!r}",
+                f"module {module_name} has no class {attr}",
             ) from None
-    missing = [
-        m
-        for m in ("init", "train", "evaluate", "save", "load")
-        if not callable(getattr(obj, m, None))
-    ]
-    if not callable(obj) or missing:
-        raise ConfigError(
-            f"STAGETREE_TRAINER: {spec} is not a trainer class (missing: {', '.join(missing)})"
+    if not inspect.isclass(obj) and not callable(obj):
+        why = f"{attr} is not a trainer class (it is a {type(obj).__name__})"
+        raise TrainerNotLoadable(f"STAGETREE_TRAINER: {spec}: {why}", why)
+    missing = _missing_methods(obj)
+    if missing:
+        why = f"{attr} is not a trainer class (missing: {', '.join(missing)})"
+        raise TrainerNotLoadable(
+            f"STAGETREE_TRAINER: {spec} is not a trainer class (missing: {', '.join(missing)})",
+            why,
         )
     return obj
+
+
+def check_trainer(spec: str) -> dict[str, Any]:
+    """What ``--check`` prints: ``{"ok": True, "fingerprint": "sha256:<hex>", "file":
+    <absolute path>}`` (the SHA-256 of the bytes of the source file that defines the
+    class) or ``{"ok": False, "error": <why>}``."""
+    try:
+        cls = load_trainer_class(spec.strip())
+    except TrainerNotLoadable as e:
+        return {"ok": False, "error": e.why}
+    try:
+        file = inspect.getsourcefile(cls) or inspect.getfile(cls)  # type: ignore[arg-type]
+    except (TypeError, OSError):
+        file = None
+    if not file:
+        module = sys.modules.get(getattr(cls, "__module__", "") or "")
+        file = getattr(module, "__file__", None)
+    if not file or not os.path.isfile(file):
+        return {"ok": False, "error": f"cannot find the source file that defines {spec}"}
+    file = os.path.abspath(file)
+    try:
+        with open(file, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        return {"ok": False, "error": f"cannot read {file}: {e.strerror or e}"}
+    return {"ok": True, "fingerprint": "sha256:" + hashlib.sha256(data).hexdigest(), "file": file}
 
 
 def _pb() -> tuple[Any, Any]:
@@ -196,6 +338,13 @@ def _pb() -> tuple[Any, Any]:
         from .gen import worker_pb2, worker_pb2_grpc
     except ImportError as e:  # pragma: no cover - depends on the checkout
         raise ConfigError(f"the protocol stubs are missing ({e}): run python/gen.sh first") from e
+    # Stubs generated from an older worker.proto lack fields this runtime sends or reads.
+    for message, name in (("Register", "secret"), ("Welcome", "worker_id")):
+        if name not in getattr(worker_pb2, message).DESCRIPTOR.fields_by_name:
+            raise ConfigError(
+                f"the protocol stubs are out of date ({message} has no field {name}): "
+                "run python/gen.sh again"
+            )
     return worker_pb2, worker_pb2_grpc
 
 
@@ -267,6 +416,8 @@ def _parse_runs(msg: Any) -> list[_Run]:
 
 
 def _metrics(raw: Any) -> dict[str, float]:
+    """evaluate()'s result as TaskDone.metrics. NaN and +/-infinity are valid values (a
+    diverged trial is a normal result) and are sent as such."""
     if not isinstance(raw, Mapping):
         raise TypeError(
             f"evaluate() must return a dict of name -> number, got {type(raw).__name__}"
@@ -275,9 +426,11 @@ def _metrics(raw: Any) -> dict[str, float]:
     for k, v in raw.items():
         if not isinstance(k, str):
             raise TypeError(f"evaluate(): metric names must be strings, got {k!r}")
+        if isinstance(v, (str, bytes, bytearray)):  # float("0.5") would accept a text
+            raise TypeError(f"evaluate(): metric {k!r} must be a number, got {v!r}")
         try:
             out[k] = float(v)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise TypeError(f"evaluate(): metric {k!r} must be a number, got {v!r}") from None
     return out
 
@@ -288,11 +441,53 @@ def _as_bytes(data: Any) -> bytes:
     raise TypeError(f"save() must return bytes, got {type(data).__name__}")
 
 
+def _cut(text: str, limit: int) -> str:
+    """``text`` if it has at most ``limit`` characters, else its start and a note of how
+    many characters were cut, ``limit`` characters in all."""
+    if len(text) <= limit:
+        return text
+    cut = len(text) - limit
+    while True:
+        note = f" [... {cut} characters cut]"
+        keep = max(0, limit - len(note))
+        if len(text) - keep == cut:
+            return text[:keep] + note
+        cut = len(text) - keep
+
+
+def _flush_output() -> None:
+    """Flushes what the trainer printed (Python's streams and the C library's) so that an
+    os._exit loses nothing. Runs in a helper thread with a time limit: a stream whose
+    lock another thread holds (a print blocked on a full pipe) must not keep the process
+    alive."""
+
+    def flush() -> None:
+        for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+            try:
+                if stream is not None:
+                    stream.flush()
+            except Exception:
+                pass
+        try:
+            import ctypes
+
+            ctypes.CDLL(None).fflush(None)  # C-level stdio buffers (extensions' printf)
+        except Exception:
+            pass
+
+    t = threading.Thread(target=flush, name="stagetree-flush", daemon=True)
+    t.start()
+    t.join(1.0)
+
+
 class Worker:
     """One worker: a connection to the engine and one trainer instance.
 
     ``trainer_factory`` makes the trainer (called once). ``run()`` returns the process
-    exit status: 0 after Shutdown, 1 when the engine is lost.
+    exit status: 0 after Shutdown, 1 when the engine is lost. When the trainer does not
+    give the thread back in time (see ``STOP_GRACE_SECONDS``, ``SHUTDOWN_GRACE_SECONDS``)
+    and when the parent process dies, the process ends from another thread with
+    ``os._exit`` (after flushing its output): a ``Worker`` is meant to own its process.
     """
 
     def __init__(
@@ -301,10 +496,13 @@ class Worker:
         trainer_factory: Callable[[], Any],
         *,
         stderr: Any = None,
+        parent_pid: int | None = None,
     ) -> None:
         self.config = config
+        self.worker_id = config.worker_id  # the engine's Welcome.worker_id replaces it
         self._factory = trainer_factory
         self._stderr = stderr if stderr is not None else sys.stderr
+        self._parent_pid = _PPID0 if parent_pid is None else parent_pid
         self._pb2, self._pb2_grpc = _pb()
         self.trainer: Any = None
         self._held: _Held | None = None
@@ -317,9 +515,13 @@ class Worker:
         self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._lock = threading.Lock()
         self._running = 0  # task id running now, 0 if idle
+        self._idle = threading.Event()  # set while no task runs
+        self._idle.set()
         self._cancel = threading.Event()  # set: the running task must stop
         self._cancelled: set[int] = set()  # ids cancelled before they started
+        self._dropped = 0  # results not sent because their task was cancelled first
         self._exit: tuple[int, str] | None = None
+        self._exit_printed = False
         self._closed = threading.Event()
         self._drained = threading.Event()  # the request stream has sent everything
         self._call_done = threading.Event()  # the RPC has ended
@@ -332,6 +534,9 @@ class Worker:
         import grpc
 
         cfg = self.config
+        threading.Thread(
+            target=self._watch_parent, name="stagetree-parent-watch", daemon=True
+        ).start()
         try:
             self.trainer = self._factory()
         except Exception as e:
@@ -340,8 +545,8 @@ class Worker:
         self._channel = grpc.insecure_channel(
             cfg.engine,
             options=[
-                ("grpc.max_receive_message_length", -1),
-                ("grpc.max_send_message_length", -1),
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ],
         )
         try:
@@ -361,6 +566,7 @@ class Worker:
                     gpus=list(cfg.gpus),
                     gpu_share=cfg.gpu_share,
                     holds="",
+                    secret=cfg.secret,
                 )
             )
             self._call = stub.Connect(self._requests())
@@ -371,6 +577,9 @@ class Worker:
             self._checkpoint_dir = welcome.checkpoint_dir
             if welcome.heartbeat_seconds > 0:
                 self._heartbeat_seconds = welcome.heartbeat_seconds
+            if welcome.worker_id and welcome.worker_id != self.worker_id:
+                self._print(f"the engine knows this worker as {welcome.worker_id}")
+                self.worker_id = welcome.worker_id
             self._startup_seconds = time.monotonic() - _T0
             threading.Thread(target=self._read, name="stagetree-reader", daemon=True).start()
             threading.Thread(target=self._beat, name="stagetree-heartbeat", daemon=True).start()
@@ -420,6 +629,7 @@ class Worker:
                 self._cancelled.discard(payload.task_id)
                 if not skip:
                     self._running = payload.task_id
+                    self._idle.clear()
                     self._cancel.clear()
             if skip:
                 # Cancelled before it started (or the worker is stopping): "cancelled"
@@ -431,12 +641,14 @@ class Worker:
             finally:
                 with self._lock:
                     self._running = 0
-                    self._cancel.clear()
+                    if self._exit is None:
+                        self._cancel.clear()
+                    self._idle.set()
 
     def _finish(self) -> int:
         code, message = self._exit or (EXIT_OK, "")
         if code != EXIT_OK:
-            self._print(message)
+            self._print_exit(message)
         return code
 
     def _fail(self, message: str) -> int:
@@ -446,38 +658,76 @@ class Worker:
     def _print(self, message: str) -> None:
         line = " ".join(str(message).split())  # one line
         try:
-            print(
-                f"stagetree worker {self.config.worker_id}: {line}", file=self._stderr, flush=True
-            )
+            print(f"stagetree worker {self.worker_id}: {line}", file=self._stderr, flush=True)
         except Exception:  # pragma: no cover - stderr closed
             pass
 
+    def _print_exit(self, message: str) -> None:
+        """The exit message, once (the main thread and a watchdog may both get there)."""
+        with self._lock:
+            if self._exit_printed or not message:
+                return
+            self._exit_printed = True
+        self._print(message)
+
+    def _hard_exit(self, code: int, message: str = "") -> None:
+        """Ends the process now, from a thread that is not the trainer's: the exit
+        message (once), flushed output, os._exit."""
+        self._print_exit(message)
+        _flush_output()
+        os._exit(code)
+
     def _stop(self, code: int, message: str) -> None:
-        """Called from the reader thread. Shutdown (code 0) lets the running task finish
-        and starts no other; a lost engine (code 1) also stops the running task at its
-        next step, and ends the process anyway if the trainer does not get there within
-        STOP_GRACE_SECONDS (a long step in C code)."""
+        """Called from the reader thread. Both Shutdown (code 0) and a lost engine (code
+        1) cancel the running task (it stops at its next step and sends no result) and
+        start no other. A lost engine ends the process anyway if it still runs after
+        STOP_GRACE_SECONDS; after Shutdown, a task that has not stopped within
+        SHUTDOWN_GRACE_SECONDS is abandoned and the process ends with status 0."""
         with self._lock:
             if self._exit is not None:
                 return
             self._exit = (code, message)
-            busy = self._running != 0
-            if code != EXIT_OK:
-                self._cancel.set()
+            self._cancel.set()
         self._events.put(("wake", None))
-        if busy and code != EXIT_OK:
 
-            def force() -> None:
-                self._print(message)
-                try:
-                    sys.stderr.flush()
-                    sys.stdout.flush()
-                finally:
-                    os._exit(code)
+        def watchdog() -> None:
+            if code != EXIT_OK:
+                time.sleep(STOP_GRACE_SECONDS)
+                self._hard_exit(code, message)
+            if not self._idle.wait(SHUTDOWN_GRACE_SECONDS):
+                with self._lock:
+                    task = self._running
+                self._print(
+                    f"{message}: task {task} did not stop within "
+                    f"{SHUTDOWN_GRACE_SECONDS:g} s, exiting without its result"
+                )
+                self._hard_exit(EXIT_OK)
+            # The main thread drains the stream (at most DRAIN_SECONDS) and returns.
+            time.sleep(DRAIN_SECONDS + 1.0)
+            self._hard_exit(EXIT_OK)
 
-            t = threading.Timer(STOP_GRACE_SECONDS, force)
-            t.daemon = True
-            t.start()
+        threading.Thread(target=watchdog, name="stagetree-exit-watchdog", daemon=True).start()
+
+    def _watch_parent(self) -> None:
+        """Ends the process (status 1) when the parent process is gone: the worker was
+        re-parented (to init or a sub-reaper), so the engine that started it died
+        without closing the stream cleanly."""
+        while True:
+            time.sleep(PARENT_POLL_SECONDS)
+            now = os.getppid()
+            if now != self._parent_pid:
+                message = (
+                    f"lost the engine: the parent process {self._parent_pid} is gone "
+                    f"(the worker now belongs to process {now})"
+                )
+                with self._lock:
+                    if self._exit is None:
+                        self._exit = (EXIT_ENGINE_LOST, message)
+                    self._cancel.set()
+                    code, message = self._exit
+                # After a Shutdown (the engine exited before this worker did) the
+                # status stays 0 and nothing is printed.
+                self._hard_exit(code, message if code != EXIT_OK else "")
 
     def _close(self) -> None:
         self._closed.set()
@@ -486,7 +736,7 @@ class Worker:
             if self._exit is not None and self._exit[0] == EXIT_OK:
                 # Let the last messages out: the request stream ends once everything
                 # queued was handed to gRPC, then the engine answers the half-close by
-                # ending its side. Cancelling earlier could drop a final TaskDone.
+                # ending its side. Cancelling earlier could drop a final message.
                 deadline = time.monotonic() + DRAIN_SECONDS
                 self._drained.wait(DRAIN_SECONDS)
                 self._call_done.wait(max(0.0, deadline - time.monotonic()))
@@ -578,12 +828,21 @@ class Worker:
 
     def _save(self, key: str, what: str) -> None:
         data = _as_bytes(self.trainer.save())
+        directory = self._need_dir(what)
         try:
-            checkpoints.write_checkpoint(self._need_dir(what), key, data)
+            checkpoints.write_checkpoint(directory, key, data)
         except checkpoints.CheckpointError as e:
             raise ProtocolError(f"{what} {key}: {e}") from None
         except OSError as e:
-            raise ProtocolError(f"{what} {key}: cannot write the checkpoint: {e}") from None
+            path = os.path.join(directory, f"{key}.ckpt")
+            if e.errno in ENVIRONMENT_ERRNOS:
+                name = errno.errorcode.get(e.errno, str(e.errno))
+                at = f" ({e.filename})" if e.filename and str(e.filename) != path else ""
+                raise EnvironmentFailure(
+                    f"{what} {key}: cannot write the checkpoint {path}: "
+                    f"{e.strerror or e} [{name}]{at}"
+                ) from None
+            raise ProtocolError(f"{what} {key}: cannot write the checkpoint {path}: {e}") from None
 
     def _execute(self, msg: Any) -> None:
         task_id = msg.task_id
@@ -664,7 +923,22 @@ class Worker:
             t = clock()
             metrics = _metrics(self.trainer.evaluate())
             seconds["evaluate"] += clock() - t
-            self._send(done=self._pb2.TaskDone(task_id=task_id, metrics=metrics, seconds=seconds))
+            done = self._pb2.ConnectRequest(
+                done=self._pb2.TaskDone(task_id=task_id, metrics=metrics, seconds=seconds)
+            )
+            size = done.ByteSize()
+            if size > MAX_MESSAGE_BYTES:
+                # gRPC would refuse it and break the stream: report it instead.
+                self._failed(
+                    task_id,
+                    REASON_TRAINER,
+                    f"message of {size} bytes exceeds the limit of {MAX_MESSAGE_BYTES} bytes "
+                    f"(evaluate() returned {len(metrics)} metrics)",
+                    "TaskDone would carry every metric evaluate() returned; return fewer "
+                    "or shorter names",
+                )
+                return
+            self._result(task_id, done)
         except Cancelled:
             self._drop_state()
             self._send(heartbeat=self._pb2.Heartbeat(task_id=0))
@@ -672,11 +946,19 @@ class Worker:
             self._failed(
                 task_id,
                 REASON_WORKER,
-                f"worker {self.config.worker_id}: {e}",
+                f"worker {self.worker_id}: {e}",
                 "the engine's view of this worker and the worker's own state differ",
             )
         except CheckpointUnavailable as e:
             self._failed(task_id, REASON_CHECKPOINT, str(e), "")
+        except EnvironmentFailure as e:
+            self._failed(
+                task_id,
+                REASON_ENVIRONMENT,
+                str(e),
+                "the machine, not the trainer: the checkpoint folder is not writable or "
+                "the disk is full",
+            )
         except Exception as e:
             self._failed(
                 task_id, REASON_TRAINER, f"{type(e).__name__}: {e}", traceback.format_exc()
@@ -684,11 +966,41 @@ class Worker:
 
     def _failed(self, task_id: int, reason: str, message: str, detail: str) -> None:
         self._drop_state()
-        self._send(
-            failed=self._pb2.TaskFailed(
-                task_id=task_id, message=message, detail=detail, reason=reason
-            )
+        self._result(
+            task_id,
+            self._pb2.ConnectRequest(
+                failed=self._pb2.TaskFailed(
+                    task_id=task_id,
+                    message=_cut(message, MAX_FAILED_MESSAGE_CHARS),
+                    detail=_cut(detail, MAX_FAILED_DETAIL_CHARS),
+                    reason=reason,
+                )
+            ),
         )
+
+    def _result(self, task_id: int, msg: Any) -> None:
+        """Sends a task's TaskDone or TaskFailed, unless the task was cancelled first
+        (a cancel that came while it saved or evaluated, a Shutdown, a lost engine):
+        then the result is dropped, and so is the state, as for any cancel."""
+        with self._lock:
+            # Under the lock that _on_cancel takes: a cancel is either seen here (and
+            # the result dropped) or comes after the result is queued.
+            cancelled = self._cancel.is_set()
+            if not cancelled and not self._closed.is_set():
+                self._outbox.put(msg)
+            if cancelled:
+                self._dropped += 1
+                dropped = self._dropped
+        if cancelled:
+            self._drop_state()
+            exit_ = self._exit
+            if exit_ is None or exit_[0] == EXIT_OK:  # a lost engine gets its one line only
+                kind = "TaskDone" if msg.WhichOneof("body") == "done" else "TaskFailed"
+                self._print(
+                    f"task {task_id} was cancelled before its result was sent: its {kind} "
+                    f"is dropped ({dropped} result{'s' if dropped != 1 else ''} dropped so far)"
+                )
+            self._send(heartbeat=self._pb2.Heartbeat(task_id=0))
 
     def _restore_memory(self, key: str, first: _Run) -> None:
         held = self._held
@@ -717,10 +1029,50 @@ def _describe(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
 
+def _check_main() -> int:
+    """``--check``: load the trainer class, print one JSON line, 0 if it is usable."""
+    # Whatever the trainer's module prints at import goes to stderr: stdout carries
+    # exactly one JSON line (fd level too, for C code).
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        real_stdout = sys.stdout
+        sys.stdout = sys.stderr
+        try:
+            result = check_trainer(os.environ.get("STAGETREE_TRAINER", ""))
+        finally:
+            sys.stdout = real_stdout
+            _flush_output()
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+    print(json.dumps(result), flush=True)
+    return 0 if result["ok"] else 1
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m stagetree.worker``; returns the exit status."""
+    """Entry point of ``python -m stagetree.worker [--check]``; returns the exit status."""
+    args = sys.argv[1:] if argv is None else argv
+    if args == ["--check"]:
+        return _check_main()
+    if args:
+        print(
+            f"usage: python -m stagetree.worker [--check] (got {' '.join(args)!r})",
+            file=sys.stderr,
+            flush=True,
+        )
+        return EXIT_CONFIG
+    # What the trainer prints reaches the pool line by line, not when a buffer fills.
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+        except Exception:  # pragma: no cover - a replaced stream
+            pass
     try:
         config = config_from_env()
+        # The trainer (user code, and whatever it starts) does not need the credential.
+        os.environ.pop("STAGETREE_WORKER_SECRET", None)
         factory = load_trainer_class(config.trainer)
         worker = Worker(config, factory)
     except ConfigError as e:
@@ -736,6 +1088,15 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     code = main()
+
+    # Threads the trainer started (non-daemon) must not keep a finished worker alive:
+    # interpreter shutdown waits for them, so end the process if it takes long.
+    def _exit_anyway() -> None:
+        time.sleep(STOP_GRACE_SECONDS)
+        _flush_output()
+        os._exit(code)
+
+    threading.Thread(target=_exit_anyway, name="stagetree-final-exit", daemon=True).start()
     sys.stdout.flush()
     sys.stderr.flush()
     sys.exit(code)

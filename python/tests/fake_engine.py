@@ -20,15 +20,23 @@ from stagetree.gen import worker_pb2_grpc as pb_grpc
 
 PYTHON_DIR = Path(__file__).resolve().parent.parent
 
+#: The secret worker_env() hands the worker (STAGETREE_WORKER_SECRET).
+SECRET = "test-secret-9f2c51d0e4"
+
 
 class FakeEngine(pb_grpc.WorkerHubServiceServicer):
-    def __init__(self) -> None:
+    def __init__(self, unix_socket: str | None = None) -> None:
+        """Listens on 127.0.0.1 (a free port), or on ``unix_socket`` when given."""
         self.received: queue.Queue[Any] = queue.Queue()
         self.outbox: queue.Queue[Any] = queue.Queue()
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
         pb_grpc.add_WorkerHubServiceServicer_to_server(self, self.server)
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
-        self.address = f"127.0.0.1:{self.port}"
+        if unix_socket is not None:
+            self.address = f"unix:{unix_socket}"
+            self.port = self.server.add_insecure_port(self.address)
+        else:
+            self.port = self.server.add_insecure_port("127.0.0.1:0")
+            self.address = f"127.0.0.1:{self.port}"
         self.server.start()
         self.heartbeats: list[int] = []
 
@@ -103,6 +111,7 @@ def worker_env(engine: str, **extra: str) -> dict[str, str]:
         PYTHONPATH=os.pathsep.join(paths),
         STAGETREE_ENGINE=engine,
         STAGETREE_WORKER_ID="w-test",
+        STAGETREE_WORKER_SECRET=SECRET,
         STAGETREE_TRAINER="trainers:TestTrainer",
         STAGETREE_GPU_SHARE="0.5",
         CUDA_VISIBLE_DEVICES="0,2",
@@ -177,3 +186,22 @@ def run_task(
         save_after=save_after,
         end_key=end_key,
     )
+
+
+def _serve_one_blocked_task() -> None:
+    """``python fake_engine.py CKPT_DIR``: an engine in its own process (so that a test can
+    SIGKILL it): prints its address, welcomes the worker, gives it a task whose trainer
+    blocks in train(), prints "running" once the worker heart-beats for it, then waits."""
+    engine = FakeEngine()
+    print(engine.address, flush=True)
+    engine.expect("register", timeout=30)
+    engine.send(welcome=pb.Welcome(checkpoint_dir=sys.argv[1], heartbeat_seconds=0.05))
+    stuck = {"seed": 1, "dim": 3, "samples": 8, "batch": 2, "block": 60}
+    engine.send(run=run_task(1, [stage_run("S1", 0, 5, stuck, {"lr": constant(0.1)})], init=True))
+    engine.wait_heartbeat(1)
+    print("running", flush=True)
+    time.sleep(600)
+
+
+if __name__ == "__main__":
+    _serve_one_blocked_task()

@@ -131,12 +131,15 @@ for (let i = 0; i < 1500; i++) {
 }
 out.jsmath = { pow, cos };
 
-// A checkpoint file as the TypeScript store writes it: the Python side must read it and
-// write the same bytes.
+// A checkpoint file (format 2: the digest covers the key) as the TypeScript store writes
+// it: the Python side must read it under that key, refuse it under another, and write the
+// same bytes.
+const key = 'Kts';
 const payload = Buffer.from('stagetree checkpoint golden payload \u0000\u0001\u00ff', 'latin1');
 out.checkpoint = {
+  key,
   payloadHex: payload.toString('hex'),
-  fileHex: encodeCheckpoint(payload).toString('hex'),
+  fileHex: encodeCheckpoint(key, payload).toString('hex'),
 };
 
 writeFileSync('python/tests/golden_schedules.json', JSON.stringify(out) + '\n');

@@ -3,18 +3,34 @@ the worker as a real process started like the engine's pool starts it."""
 
 from __future__ import annotations
 
+import math
+import os
+import signal
 import socket
 import struct
 import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from fake_engine import FakeEngine, constant, run_task, stage_run, stair, start_worker, worker_env
+from fake_engine import (
+    PYTHON_DIR,
+    SECRET,
+    FakeEngine,
+    constant,
+    run_task,
+    stage_run,
+    stair,
+    start_worker,
+    worker_env,
+)
 from trainers import TestTrainer
 
-from stagetree.checkpoints import read_checkpoint
+from stagetree.checkpoints import OLD_MAGIC, read_checkpoint, write_checkpoint
 from stagetree.schedule import Hp, Schedule
+from stagetree.worker import MAX_MESSAGE_BYTES
 
 PARAMS = {"seed": 3, "dim": 5, "samples": 32, "batch": 4}
 
@@ -43,11 +59,11 @@ class Session:
         self.proc = proc
         self.ckpt = ckpt
 
-    def welcome(self, heartbeat: float = 0.05) -> Any:
+    def welcome(self, heartbeat: float = 0.05, worker_id: str = "") -> Any:
         reg = self.engine.expect("register")
         self.engine.send(
             welcome=self.engine_pb().Welcome(
-                checkpoint_dir=str(self.ckpt), heartbeat_seconds=heartbeat
+                checkpoint_dir=str(self.ckpt), heartbeat_seconds=heartbeat, worker_id=worker_id
             )
         )
         return reg
@@ -63,13 +79,17 @@ class Session:
         return task.task_id
 
     def wait_exit(self, timeout: float = 15.0) -> tuple[int, str]:
+        return self.wait_exit_out(timeout)[::2]
+
+    def wait_exit_out(self, timeout: float = 15.0) -> tuple[int, str, str]:
+        """(exit status, stdout, stderr) once the worker has exited."""
         try:
-            _, err = self.proc.communicate(timeout=timeout)
+            out, err = self.proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            _, err = self.proc.communicate()
+            out, err = self.proc.communicate()
             raise AssertionError(f"the worker did not exit; stderr:\n{err}") from None
-        return self.proc.returncode, err
+        return self.proc.returncode, out, err
 
 
 @pytest.fixture
@@ -96,6 +116,7 @@ def test_register_tasks_memory_checkpoints_and_shutdown(session: Session) -> Non
     assert list(reg.gpus) == [0, 2]
     assert reg.gpu_share == 0.5
     assert reg.holds == ""
+    assert reg.secret == SECRET
     e.wait_heartbeat(0)
 
     # 1: fresh trainer, [0, 10), keep the end state as Ka.
@@ -239,20 +260,41 @@ def test_cancel_stops_the_running_task_and_drops_state(session: Session) -> None
     assert e.expect("done").task_id == 9
 
 
-def test_shutdown_lets_the_running_task_finish_then_exits_zero(session: Session) -> None:
+def test_shutdown_cancels_the_running_task_and_exits_zero_quickly(session: Session) -> None:
+    # Shutdown does not wait for the running task: it is cancelled (no result), the
+    # queued one never starts, and the process ends with status 0 within seconds.
     e = session.engine
     session.welcome()
     slow = {**PARAMS, "sleep": 0.02}
-    session.task(run_task(1, [stage_run("S1", 0, 25, slow, schedules())], init=True))
+    session.task(run_task(1, [stage_run("S1", 0, 100_000, slow, schedules())], init=True))
     session.task(run_task(2, [stage_run("S2", 25, 30, slow, schedules())], memory=""))
     e.wait_heartbeat(1)
     e.send(shutdown=session.engine_pb().Shutdown(reason="bye"))
-    e.expect("progress")
-    assert e.expect("done").task_id == 1
+    t0 = time.monotonic()
     code, err = session.wait_exit(timeout=10)
+    assert time.monotonic() - t0 < 3.0
     assert code == 0, err
-    msg = e.next(timeout=5)  # task 2 never started: the stream just ends
+    assert err == ""
+    msg = e.next(timeout=5)  # no result for task 1, task 2 never started: the stream ends
     assert msg is None, msg
+
+
+def test_shutdown_while_the_trainer_is_blocked_exits_zero_within_seconds(
+    session: Session,
+) -> None:
+    e = session.engine
+    session.welcome()
+    stuck = {**PARAMS, "block": 60}
+    session.task(run_task(1, [stage_run("S1", 0, 5, stuck, schedules())], init=True))
+    e.wait_heartbeat(1)
+    e.send(shutdown=session.engine_pb().Shutdown(reason="bye"))
+    t0 = time.monotonic()
+    code, err = session.wait_exit(timeout=15)
+    assert time.monotonic() - t0 < 5.0
+    assert code == 0, err
+    assert "task 1 did not stop within 2 s" in err
+    for msg in iter(lambda: e.next(timeout=5), None):
+        assert msg.WhichOneof("body") not in ("done", "failed"), msg
 
 
 def test_engine_gone_exits_non_zero_with_one_line(session: Session) -> None:
@@ -292,6 +334,7 @@ def test_unreachable_engine(tmp_path: Path) -> None:
         ({"STAGETREE_TRAINER": "nosuchmodule:X"}, "cannot import module 'nosuchmodule'"),
         ({"STAGETREE_TRAINER": "trainers:Nope"}, "module 'trainers' has no 'Nope'"),
         ({"STAGETREE_ENGINE": "localhost"}, "STAGETREE_ENGINE: expected host:port"),
+        ({"STAGETREE_ENGINE": "unix:"}, "STAGETREE_ENGINE: expected unix:/path"),
         ({"STAGETREE_GPU_SHARE": "1.5"}, "STAGETREE_GPU_SHARE: expected a number in (0, 1]"),
         ({"STAGETREE_TRAINER": "trainers:Unconstructible"}, "cannot construct the trainer"),
     ],
@@ -305,6 +348,22 @@ def test_configuration_errors_exit_2(change: dict[str, str], message: str) -> No
     assert len(err.strip().splitlines()) == 1
 
 
+def test_engine_on_a_unix_socket(tmp_path: Path) -> None:
+    engine = FakeEngine(unix_socket=str(tmp_path / "hub.sock"))
+    s = Session(engine, start_worker(worker_env(engine.address)), tmp_path / "ckpt")
+    try:
+        assert engine.address == f"unix:{tmp_path / 'hub.sock'}"
+        s.welcome()
+        s.task(run_task(1, [stage_run("S1", 0, 3, PARAMS, schedules())], init=True))
+        engine.expect("progress")
+        assert exact(engine.expect("done").metrics) == exact(local([(0, 3)]).evaluate())
+        engine.send(shutdown=s.engine_pb().Shutdown(reason="bye"))
+        code, err = s.wait_exit()
+        assert code == 0 and err == ""
+    finally:
+        _end(s)
+
+
 def test_shutdown_instead_of_welcome(session: Session) -> None:
     session.engine.expect("register")
     session.engine.send(
@@ -313,3 +372,394 @@ def test_shutdown_instead_of_welcome(session: Session) -> None:
     code, err = session.wait_exit()
     assert code == 0
     assert "Shutdown instead of Welcome: no worker w-test is expected" in err
+
+
+# ---------------------------------------------------------------- hardening
+
+
+def _start(tmp_path: Path, **env: str) -> Session:
+    engine = FakeEngine()
+    return Session(engine, start_worker(worker_env(engine.address, **env)), tmp_path / "ckpt")
+
+
+def _end(s: Session) -> None:
+    if s.proc.poll() is None:
+        s.proc.kill()
+        s.proc.communicate()
+    s.engine.stop()
+
+
+def test_secret_is_sent_hidden_from_the_trainer_and_never_printed(session: Session) -> None:
+    e = session.engine
+    reg = session.welcome(worker_id="w-engine-7")
+    assert reg.secret == SECRET and reg.worker_id == "w-test"
+    # The trainer (user code) does not see the credential in its environment.
+    probe = {**PARAMS, "env_probe": True}
+    session.task(run_task(1, [stage_run("S1", 0, 2, probe, schedules())], init=True))
+    e.expect("progress")
+    assert e.expect("done").metrics["secret_visible"] == 0.0
+    # From Welcome on, the worker goes by the id the engine assigned.
+    session.task(run_task(2, [stage_run("S2", 9, 10, PARAMS, schedules())], memory="Kx"))
+    assert e.expect("failed").message.startswith("worker w-engine-7: restore from memory Kx")
+    e.server.stop(grace=None)
+    code, out, err = session.wait_exit_out()
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert lines == [
+        "stagetree worker w-test: the engine knows this worker as w-engine-7",
+        lines[1],
+    ]
+    assert lines[1].startswith("stagetree worker w-engine-7: lost the engine at ")
+    assert SECRET not in out + err
+
+
+def test_missing_secret_is_a_configuration_error() -> None:
+    env = worker_env(f"127.0.0.1:{_free_port()}", STAGETREE_WORKER_SECRET="")
+    proc = start_worker(env)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 2, err
+    assert err.strip() == (
+        "stagetree worker w-test: STAGETREE_WORKER_SECRET: expected the secret the engine "
+        "started this worker with, got nothing (variable not set)"
+    )
+
+
+def test_swapped_and_old_checkpoints_are_recomputed(session: Session) -> None:
+    e = session.engine
+    session.welcome()
+    session.task(
+        run_task(1, [stage_run("S1", 0, 4, PARAMS, schedules())], init=True, save_after="K4")
+    )
+    e.expect("progress")
+    e.expect("done")
+    session.task(
+        run_task(2, [stage_run("S2", 4, 8, PARAMS, schedules())], memory="K4", save_after="K8")
+    )
+    e.expect("progress")
+    e.expect("done")
+    k4, k8 = session.ckpt / "K4.ckpt", session.ckpt / "K8.ckpt"
+    b4, b8 = k4.read_bytes(), k8.read_bytes()
+    k4.write_bytes(b8)
+    k8.write_bytes(b4)
+    # Each file is a valid checkpoint, of the other key: refused, reason "checkpoint".
+    session.task(run_task(3, [stage_run("S2", 4, 8, PARAMS, schedules())], checkpoint="K4"))
+    failed = e.expect("failed")
+    assert failed.reason == "checkpoint" and "checksum mismatch" in failed.message
+    assert str(k4) in failed.message
+    # A file of format 1 is old: corrupt, recomputed.
+    payload = local([(0, 4)]).save()
+    import hashlib
+
+    k4.write_bytes(OLD_MAGIC + hashlib.sha256(payload).digest() + payload)
+    session.task(run_task(4, [stage_run("S2", 4, 8, PARAMS, schedules())], checkpoint="K4"))
+    failed = e.expect("failed")
+    assert failed.reason == "checkpoint" and "old checkpoint format STCKPT01" in failed.message
+    # The right file under the right name loads.
+    write_checkpoint(session.ckpt, "K4", payload)
+    session.task(run_task(5, [stage_run("S2", 4, 8, PARAMS, schedules())], checkpoint="K4"))
+    e.expect("progress")
+    assert exact(e.expect("done").metrics) == exact(local([(0, 8)]).evaluate())
+
+
+def test_full_disk_is_an_environment_failure(session: Session) -> None:
+    e = session.engine
+    session.welcome()
+    full = {**PARAMS, "disk_full": True}
+    session.task(
+        run_task(1, [stage_run("S1", 0, 3, full, schedules())], init=True, save_after="K3")
+    )
+    e.expect("progress")
+    failed = e.expect("failed")
+    assert failed.reason == "environment", failed
+    assert failed.message.startswith(
+        f"save_after K3: cannot write the checkpoint {session.ckpt / 'K3.ckpt'}: "
+    )
+    assert "No space left on device [ENOSPC]" in failed.message
+    assert list(session.ckpt.iterdir()) == []  # no temporary file left behind
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_unwritable_checkpoint_folder_is_an_environment_failure(session: Session) -> None:
+    e = session.engine
+    session.ckpt.mkdir()
+    session.ckpt.chmod(0o500)
+    try:
+        session.welcome()
+        session.task(
+            run_task(1, [stage_run("S1", 0, 3, PARAMS, schedules())], init=True, save_after="K3")
+        )
+        e.expect("progress")
+        failed = e.expect("failed")
+    finally:
+        session.ckpt.chmod(0o700)
+    assert failed.reason == "environment", failed
+    assert str(session.ckpt / "K3.ckpt") in failed.message
+    assert "[EACCES]" in failed.message
+
+
+def test_cancel_while_saving_sends_no_result(session: Session) -> None:
+    e = session.engine
+    session.welcome()
+    slow_save = {**PARAMS, "save_sleep": 1.0}
+    session.task(
+        run_task(
+            1,
+            [stage_run("S1", 0, 3, slow_save, schedules())],
+            init=True,
+            save_after="K3",
+            end_key="K3",
+        )
+    )
+    assert e.expect("progress").step == 3  # the last step is done; it saves now
+    e.send(cancel=session.engine_pb().CancelTask(task_id=1))
+    e.wait_heartbeat(0, timeout=5)  # only heartbeats: no TaskDone for task 1
+    session.task(run_task(2, [stage_run("S2", 3, 5, PARAMS, schedules())], memory="K3"))
+    failed = e.expect("failed")  # nothing from task 1 came in between; it holds nothing
+    assert failed.task_id == 2 and "holds no state" in failed.message
+    e.send(shutdown=session.engine_pb().Shutdown(reason="bye"))
+    code, err = session.wait_exit()
+    assert code == 0
+    assert (
+        "stagetree worker w-test: task 1 was cancelled before its result was sent: its "
+        "TaskDone is dropped (1 result dropped so far)"
+    ) in err
+
+
+def test_cancel_while_evaluating_sends_no_result(session: Session) -> None:
+    e = session.engine
+    session.welcome()
+    slow_eval = {**PARAMS, "evaluate_sleep": 1.0}
+    session.task(run_task(1, [stage_run("S1", 0, 3, slow_eval, schedules())], init=True))
+    e.expect("progress")
+    e.send(cancel=session.engine_pb().CancelTask(task_id=1))
+    e.wait_heartbeat(0, timeout=5)
+    session.task(run_task(2, [stage_run("S1", 0, 2, PARAMS, schedules())], init=True))
+    e.expect("progress")
+    assert e.expect("done").task_id == 2
+
+
+def test_engine_gone_while_the_trainer_is_blocked_exits_within_seconds(
+    session: Session,
+) -> None:
+    e = session.engine
+    session.welcome()
+    stuck = {**PARAMS, "block": 60}
+    session.task(run_task(1, [stage_run("S1", 0, 5, stuck, schedules())], init=True))
+    e.wait_heartbeat(1)
+    e.server.stop(0)
+    t0 = time.monotonic()
+    code, err = session.wait_exit(timeout=15)
+    assert time.monotonic() - t0 < 5.0
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("stagetree worker w-test: lost the engine at 127.0.0.1:")
+
+
+def test_engine_process_killed_while_the_trainer_is_blocked(tmp_path: Path) -> None:
+    # The real case: the engine's process is SIGKILLed (its connections reset).
+    engine = subprocess.Popen(
+        [sys.executable, str(PYTHON_DIR / "tests" / "fake_engine.py"), str(tmp_path)],
+        env=worker_env("127.0.0.1:1"),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    worker = None
+    try:
+        assert engine.stdout is not None
+        address = engine.stdout.readline().strip()
+        worker = start_worker(worker_env(address))
+        assert engine.stdout.readline().strip() == "running"
+        engine.kill()
+        engine.wait()
+        t0 = time.monotonic()
+        _, err = worker.communicate(timeout=15)
+        assert time.monotonic() - t0 < 5.0
+        assert worker.returncode == 1
+        assert err.startswith(f"stagetree worker w-test: lost the engine at {address}"), err
+        assert len(err.strip().splitlines()) == 1, err
+    finally:
+        for p in (engine, worker):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.communicate()
+
+
+def _set_subreaper(on: bool) -> bool:
+    """Makes this process adopt its orphaned descendants (Linux), so that a test can
+    wait for a grandchild whose parent it killed."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    PR_SET_CHILD_SUBREAPER = 36
+    return ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) == 0
+
+
+def test_worker_exits_when_its_parent_is_killed(tmp_path: Path) -> None:
+    # The worker's parent (standing in for the engine) is SIGKILLed while the trainer is
+    # blocked in train(); the stream to the (fake) engine stays up. The worker, now an
+    # orphan, must notice and exit with status 1 within seconds.
+    if not _set_subreaper(True):
+        pytest.skip("needs Linux's PR_SET_CHILD_SUBREAPER")
+    engine = FakeEngine()
+    err_file = tmp_path / "worker.err"
+    middle = None
+    pid = 0
+    try:
+        with err_file.open("w") as err_fd:
+            middle = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    "import subprocess, sys\n"
+                    "p = subprocess.Popen([sys.executable, '-m', 'stagetree.worker'])\n"
+                    "print(p.pid, flush=True)\n"
+                    "p.wait()\n",
+                ],
+                env=worker_env(engine.address),
+                cwd=str(PYTHON_DIR),
+                stdout=subprocess.PIPE,
+                stderr=err_fd,
+                text=True,
+            )
+        assert middle.stdout is not None
+        pid = int(middle.stdout.readline())
+        s = Session(engine, middle, tmp_path / "ckpt")
+        s.welcome()
+        stuck = {**PARAMS, "block": 60}
+        s.task(run_task(1, [stage_run("S1", 0, 5, stuck, schedules())], init=True))
+        engine.wait_heartbeat(1)
+        os.kill(middle.pid, signal.SIGKILL)
+        middle.wait()
+        t0 = time.monotonic()
+        status = None
+        while time.monotonic() - t0 < 10:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the orphaned worker did not exit")
+        elapsed = time.monotonic() - t0
+        pid = 0
+        assert elapsed < 5.0
+        assert os.waitstatus_to_exitcode(status) == 1
+        err = err_file.read_text()
+        assert "lost the engine: the parent process" in err, err
+    finally:
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        if middle is not None and middle.poll() is None:
+            middle.kill()
+            middle.wait()
+        _set_subreaper(False)
+        engine.stop()
+
+
+def test_output_is_flushed_before_a_forced_exit(tmp_path: Path) -> None:
+    # Without PYTHONUNBUFFERED, what the trainer printed (no newline, and through the C
+    # library) sits in buffers when the worker ends with os._exit: it must come out.
+    env = {k: v for k, v in worker_env("127.0.0.1:1").items() if k != "PYTHONUNBUFFERED"}
+    engine = FakeEngine()
+    env["STAGETREE_ENGINE"] = engine.address
+    s = Session(engine, start_worker(env), tmp_path / "ckpt")
+    try:
+        s.welcome()
+        loud = {**PARAMS, "block": 60, "print": "from python", "print_c": "from C"}
+        s.task(run_task(1, [stage_run("S1", 0, 5, loud, schedules())], init=True))
+        engine.wait_heartbeat(1)
+        time.sleep(0.2)  # it prints, then blocks
+        engine.server.stop(0)
+        code, out, err = s.wait_exit_out(timeout=15)
+        assert code == 1, err
+        assert "from python" in out and "from C" in out, out
+    finally:
+        _end(s)
+
+
+def test_oversized_task_done_becomes_task_failed(session: Session) -> None:
+    e = session.engine
+    session.welcome()
+    many = {**PARAMS, "metrics": 300_000}
+    session.task(run_task(1, [stage_run("S1", 0, 2, many, schedules())], init=True))
+    e.expect("progress")
+    failed = e.expect("failed", timeout=30)
+    assert failed.reason == "trainer"
+    assert failed.message.startswith("message of ")
+    n = int(failed.message.split()[2])
+    assert n > MAX_MESSAGE_BYTES == 16 * 1024 * 1024
+    assert failed.message.startswith(
+        f"message of {n} bytes exceeds the limit of {MAX_MESSAGE_BYTES}"
+    )
+    assert "evaluate() returned 300002 metrics" in failed.message
+    # The stream survived: the worker serves the next task.
+    session.task(run_task(2, [stage_run("S1", 0, 2, PARAMS, schedules())], init=True))
+    e.expect("progress")
+    assert e.expect("done").task_id == 2
+
+
+def test_huge_error_messages_are_cut(session: Session) -> None:
+    e = session.engine
+    session.welcome()
+    huge = {**PARAMS, "huge_error": 8_000_000}
+    session.task(run_task(1, [stage_run("S1", 0, 2, huge, schedules())], init=True))
+    failed = e.expect("failed", timeout=30)
+    assert failed.reason == "trainer"
+    full = "RuntimeError: " + "x" * 8_000_000
+    note = " [... 7995947 characters cut]"  # 4096 characters in all, the note included
+    assert len(full) - (4096 - len(note)) == 7995947
+    assert failed.message == full[: 4096 - len(note)] + note
+    assert len(failed.detail) == 65536 and failed.detail.startswith("Traceback")
+    assert failed.detail.endswith(" characters cut]")
+    session.task(run_task(2, [stage_run("S1", 0, 2, PARAMS, schedules())], init=True))
+    e.expect("progress")
+    assert e.expect("done").task_id == 2
+
+
+def test_nan_and_infinite_metrics_are_sent(session: Session) -> None:
+    e = session.engine
+    session.welcome()
+    diverged = {**PARAMS, "nonfinite": True}
+    session.task(run_task(1, [stage_run("S1", 0, 2, diverged, schedules())], init=True))
+    e.expect("progress")
+    m = e.expect("done").metrics
+    assert math.isnan(m["nan"]) and m["up"] == math.inf and m["down"] == -math.inf
+
+
+def test_traceback_in_detail_and_seconds_by_phase(session: Session) -> None:
+    e = session.engine
+    session.welcome()
+    timed = {
+        **PARAMS,
+        "init_sleep": 0.2,
+        "sleep": 0.05,
+        "save_sleep": 0.2,
+        "evaluate_sleep": 0.2,
+        "load_sleep": 0.2,
+    }
+    session.task(
+        run_task(1, [stage_run("S1", 0, 4, timed, schedules())], init=True, save_after="K4")
+    )
+    e.expect("progress")
+    done = e.expect("done")
+    sec = done.seconds
+    assert set(sec) == {"start", "init", "load", "save", "train", "evaluate"}
+    assert sec["start"] > 0
+    assert 0.2 <= sec["init"] < 1.5 and 0.2 <= sec["train"] < 1.5
+    assert 0.2 <= sec["save"] < 1.5 and 0.2 <= sec["evaluate"] < 1.5
+    assert sec["load"] == 0.0
+    session.task(run_task(2, [stage_run("S2", 4, 5, timed, schedules())], checkpoint="K4"))
+    e.expect("progress")
+    sec = e.expect("done").seconds
+    assert sec["start"] == 0.0 and sec["init"] == 0.0  # same params: no init before load
+    assert 0.2 <= sec["load"] < 1.5
+    # A trainer error: its traceback, with the trainer's own frame, is the detail.
+    bad = {**PARAMS, "fail_at": 1}
+    session.task(run_task(3, [stage_run("S1", 0, 3, bad, schedules())], init=True))
+    failed = e.expect("failed")
+    assert failed.message == "ValueError: boom at step 1"
+    assert failed.detail.startswith("Traceback (most recent call last):")
+    assert 'trainers.py", line' in failed.detail and "in train" in failed.detail
+    assert failed.detail.rstrip().endswith("ValueError: boom at step 1")

@@ -1,3 +1,4 @@
+import { describeError, ErrorCode, StagetreeError } from '../errors.js';
 import { PROTOCOL } from '../engine/index.js';
 import type { EnginePort, EngineToWorker, WireTask } from '../engine/index.js';
 import { valueAt } from '../schedule/index.js';
@@ -19,12 +20,46 @@ export interface AgentOptions {
   readonly checkpoints: (dir: string) => CheckpointIO;
   /** Monotonic seconds, for the phase timings a task reports. */
   readonly clock: () => number;
+  /** Proof that the engine started this worker (STAGETREE_WORKER_SECRET), sent in Register. */
+  readonly secret: string;
+  /**
+   * Heart-beats sent by someone the trainer cannot block (the worker's link thread);
+   * the agent then only publishes the task it runs. Default: the agent heart-beats
+   * itself (on its own thread: in-process tests).
+   */
+  readonly heartbeats?: {
+    setRunning(taskId: number | null): void;
+    /** Cancels that arrived while the trainer held the thread. */
+    cancelled(taskId: number): boolean;
+  };
 }
 
 class Cancelled extends Error {}
 
 /** A checkpoint could not be read: the engine re-computes it rather than retrying. */
 class CheckpointUnavailable extends Error {}
+
+/** The machine failed a checkpoint write (folder not writable, disk full): not the trainer. */
+class EnvironmentFailure extends Error {}
+
+/** Error codes of a write that fails because of the machine, not the trainer. */
+const ENVIRONMENT_CODES = new Set([
+  'EACCES',
+  'EPERM',
+  'EROFS',
+  'ENOSPC',
+  'EDQUOT',
+  'ENOTDIR',
+  'ENOENT',
+  'EEXIST',
+  'EISDIR',
+]);
+
+function environmental(e: unknown): boolean {
+  if (e instanceof StagetreeError) return e.code === ErrorCode.io;
+  const code = (e as { code?: unknown } | null)?.code;
+  return typeof code === 'string' && ENVIRONMENT_CODES.has(code);
+}
 
 /**
  * The TypeScript worker runtime: registers with the engine, heart-beats, and runs tasks
@@ -42,6 +77,8 @@ export class WorkerAgent {
   private cancelled = new Set<number>();
   private queue: Promise<void> = Promise.resolve();
   private heartbeat: ReturnType<typeof setInterval> | null = null;
+  /** Results of tasks cancelled while they saved or evaluated: dropped, never sent. */
+  dropped = 0;
 
   constructor(
     private readonly link: EnginePort,
@@ -67,6 +104,7 @@ export class WorkerAgent {
         gpus: this.options.gpus,
         gpuShare: this.options.gpuShare,
         holds: this.held,
+        secret: this.options.secret,
       });
     });
   }
@@ -81,6 +119,7 @@ export class WorkerAgent {
       case 'welcome':
         this.io = this.options.checkpoints(m.checkpointDir);
         this.stopHeartbeat();
+        if (this.options.heartbeats) return;
         this.heartbeat = setInterval(
           () => {
             this.link.send({ kind: 'heartbeat', taskId: this.running });
@@ -108,6 +147,7 @@ export class WorkerAgent {
   private async execute(task: WireTask): Promise<void> {
     if (this.cancelled.has(task.taskId)) return;
     this.running = task.taskId;
+    this.options.heartbeats?.setRunning(task.taskId);
     const seconds: Record<string, number> = {};
     const clock = this.options.clock;
     const timed = async <T>(phase: string, fn: () => T | Promise<T>): Promise<T> => {
@@ -118,7 +158,19 @@ export class WorkerAgent {
         seconds[phase] = (seconds[phase] ?? 0) + (clock() - t0);
       }
     };
-    const isCancelled = (): boolean => this.cancelled.has(task.taskId);
+    const shared = this.options.heartbeats;
+    const isCancelled = (): boolean =>
+      this.cancelled.has(task.taskId) || (shared?.cancelled(task.taskId) ?? false);
+    const save = async (key: string, io: CheckpointIO, trainer: Trainer): Promise<void> => {
+      const bytes = await trainer.save();
+      try {
+        await io.save(key, bytes);
+      } catch (e) {
+        if (environmental(e))
+          throw new EnvironmentFailure(`cannot write checkpoint ${key}: ${describeError(e)}`);
+        throw e;
+      }
+    };
     const signal = {
       get cancelled(): boolean {
         return isCancelled();
@@ -131,7 +183,7 @@ export class WorkerAgent {
         const trainer = this.trainer;
         if (!trainer || this.held === null)
           throw new Error(`nothing in memory to save as ${task.saveFirst}`);
-        await timed('save', async () => io.save(task.saveFirst as string, await trainer.save()));
+        await timed('save', () => save(task.saveFirst as string, io, trainer));
       }
       const first = task.runs[0];
       if (!first) throw new Error('a task without stages');
@@ -173,26 +225,36 @@ export class WorkerAgent {
         this.link.send({ kind: 'progress', taskId: task.taskId, step: run.end });
       }
       if (task.saveAfter !== null) {
-        await timed('save', async () => io.save(task.saveAfter as string, await trainer.save()));
+        await timed('save', () => save(task.saveAfter as string, io, trainer));
       }
       const metrics = await timed('evaluate', () => trainer.evaluate());
       this.held = task.endKey;
+      // A cancel that came while saving or evaluating: the engine has moved on.
+      if (isCancelled()) {
+        this.dropped++;
+        return;
+      }
       this.link.send({ kind: 'done', taskId: task.taskId, metrics: { ...metrics }, seconds });
     } catch (e) {
       this.held = null;
       this.trainer = null;
       if (!(e instanceof Cancelled) && !isCancelled()) {
-        const err = e instanceof Error ? e : new Error(String(e));
         this.link.send({
           kind: 'failed',
           taskId: task.taskId,
-          message: err.message,
-          detail: err.stack ?? '',
-          reason: e instanceof CheckpointUnavailable ? 'checkpoint' : 'trainer',
+          message: describeError(e),
+          detail: e instanceof Error ? (e.stack ?? '') : '',
+          reason:
+            e instanceof CheckpointUnavailable
+              ? 'checkpoint'
+              : e instanceof EnvironmentFailure
+                ? 'environment'
+                : 'trainer',
         });
       }
     } finally {
       this.running = null;
+      this.options.heartbeats?.setRunning(null);
       this.cancelled.delete(task.taskId);
     }
   }

@@ -1,7 +1,7 @@
 import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
-import { ErrorCode, StagetreeError } from '../errors.js';
+import { EnvironmentError, ErrorCode, StagetreeError } from '../errors.js';
 import { planStudy, renderPlan, renderSimulation, simulateStudy } from '../report/index.js';
 import { StudyStore } from '../store/index.js';
 import type { StudyStatus } from '../store/index.js';
@@ -30,7 +30,8 @@ export async function loadStudy(file: string): Promise<Study> {
   }
   let json: unknown;
   try {
-    json = JSON.parse(text);
+    // A UTF-8 byte order mark, as some editors write, is not part of the JSON.
+    json = JSON.parse(text.startsWith('\uFEFF') ? text.slice(1) : text);
   } catch (e) {
     throw new StudyFileError(file, `not valid JSON (${(e as Error).message})`, e);
   }
@@ -71,9 +72,15 @@ const processIo: Io = {
   err: (text) => process.stderr.write(text + '\n'),
 };
 
-function program(io: Io): Command {
+/** Where a command leaves its exit code when it ends without an error (130: interrupted). */
+interface Exit {
+  code: number;
+}
+
+function program(io: Io, exit: Exit): Command {
   const cli = new Command('stagetree')
     .description('Hyperparameter tuning that runs shared schedule prefixes once (a stage tree).')
+    .option('--debug', 'show the stack trace of an error')
     .exitOverride()
     .configureOutput({
       writeOut: (s) => io.out(s.trimEnd()),
@@ -117,27 +124,69 @@ function program(io: Io): Command {
     .option('--db <file>', 'the study store (default .stagetree/<name>.db beside the study)')
     .option('--checkpoints <dir>', 'checkpoint directory (default .stagetree/<name>-checkpoints)')
     .option('--json', 'print the final status as one JSON object')
-    .action(async (file: string, opts: { db?: string; checkpoints?: string; json?: true }) => {
-      const study = await loadStudy(file);
-      if (study.trainer.kind === 'sim') {
-        throw new StudyFileError(
-          file,
-          'trainer.kind: expected "node" or "python" to run (a sim trainer is simulated: `stagetree simulate`), got "sim"',
+    .option(
+      '--restart',
+      "start the study's log afresh (the old one is archived), reusing every trained state whose checkpoint is still there",
+    )
+    .action(
+      async (
+        file: string,
+        opts: { db?: string; checkpoints?: string; json?: true; restart?: true },
+      ) => {
+        const study = await loadStudy(file);
+        if (study.trainer.kind === 'sim') {
+          throw new StudyFileError(
+            file,
+            'trainer.kind: expected "node" or "python" to run (a sim trainer is simulated: `stagetree simulate`), got "sim"',
+          );
+        }
+        // Ctrl-C / SIGTERM: no new work, the workers stopped, the study left resumable.
+        // A second signal leaves at once.
+        const abort = new AbortController();
+        const interrupt = (signal: NodeJS.Signals): void => {
+          if (abort.signal.aborted) process.exit(130);
+          io.err(`stagetree: ${signal}, stopping workers; run again to resume`);
+          abort.abort(`the engine got ${signal}`);
+        };
+        process.on('SIGINT', interrupt);
+        process.on('SIGTERM', interrupt);
+        let out;
+        try {
+          out = await runStudy(
+            file,
+            study,
+            {
+              ...(opts.db !== undefined ? { db: opts.db } : {}),
+              ...(opts.checkpoints !== undefined ? { checkpoints: opts.checkpoints } : {}),
+            },
+            { signal: abort.signal, ...(opts.restart ? { restart: true } : {}) },
+          );
+        } finally {
+          process.off('SIGINT', interrupt);
+          process.off('SIGTERM', interrupt);
+        }
+        if (out.stopped !== null) {
+          if (opts.json) io.out(JSON.stringify({ ...out.status, stopped: out.stopped }));
+          if (out.stopped.kind === 'interrupted') {
+            io.err(`stagetree: study ${study.name} interrupted; run it again to resume`);
+            exit.code = 130;
+            return;
+          }
+          throw new EnvironmentError(
+            `study ${study.name} stopped: ${out.stopped.message}; fix it and run again to resume`,
+          );
+        }
+        const state = out.resumed ? 'resumed and finished' : 'finished';
+        const text = renderStatus(out.status, state, study);
+        io.out(
+          opts.json
+            ? JSON.stringify({ ...out.status, bestCheckpoint: out.bestCheckpoint })
+            : out.bestCheckpoint
+              ? `${text}\n  best trial's final state: ${out.bestCheckpoint}`
+              : text,
         );
-      }
-      const out = await runStudy(file, study, {
-        ...(opts.db !== undefined ? { db: opts.db } : {}),
-        ...(opts.checkpoints !== undefined ? { checkpoints: opts.checkpoints } : {}),
-      });
-      const text = renderStatus(out.status, out.resumed ? 'resumed and finished' : 'finished');
-      io.out(
-        opts.json
-          ? JSON.stringify({ ...out.status, bestCheckpoint: out.bestCheckpoint })
-          : out.bestCheckpoint
-            ? `${text}\n  best trial's final state: ${out.bestCheckpoint}`
-            : text,
-      );
-    });
+      },
+    );
 
   cli
     .command('status')
@@ -157,7 +206,7 @@ function program(io: Io): Command {
         io.out(
           opts.json
             ? JSON.stringify(status)
-            : renderStatus(status, status.finished ? 'finished' : 'not finished'),
+            : renderStatus(status, status.finished ? 'finished' : 'not finished', study),
         );
       } finally {
         store.close();
@@ -166,7 +215,7 @@ function program(io: Io): Command {
   return cli;
 }
 
-function renderStatus(s: StudyStatus, state: string): string {
+function renderStatus(s: StudyStatus, state: string, study: Study): string {
   const lines = [
     `study ${s.name}: ${state}, ${s.trials.total} trials (${s.trials.active} active, ${s.trials.stopped} stopped, ${s.trials.failed} failed)`,
     s.best
@@ -174,8 +223,22 @@ function renderStatus(s: StudyStatus, state: string): string {
       : '  best: no metric reported yet',
     `  ${s.events} events, ${s.attempts.total} task attempts`,
   ];
+  if (study.cpuOnly) lines.push('  no GPU was used (a CPU-only study: resources.gpus is 0)');
+  if (s.owner !== null)
+    lines.push(
+      `  being run by pid ${s.owner.pid} since ${new Date(s.owner.since * 1000).toISOString()}`,
+    );
+  if (s.problem !== null && !s.finished) lines.push(`  stopped: ${s.problem}`);
   for (const f of s.failed) lines.push(`  failed ${f.trial}: ${f.message}`);
   return lines.join('\n');
+}
+
+/** Node's error codes for file system problems, shown as `STAGETREE_IO` with the path. */
+function systemError(e: unknown): string | null {
+  if (!(e instanceof Error)) return null;
+  const errno = e as NodeJS.ErrnoException;
+  if (typeof errno.code !== 'string' || !/^E[A-Z]+$/.test(errno.code)) return null;
+  return errno.path ? `${errno.path}: ${errno.code} (${errno.message})` : e.message;
 }
 
 /**
@@ -183,15 +246,30 @@ function renderStatus(s: StudyStatus, state: string): string {
  * and returns 1 (2 for a bad command line), never a stack trace.
  */
 export async function main(argv: readonly string[], io: Io = processIo): Promise<number> {
+  const debug = argv.includes('--debug');
+  const exit: Exit = { code: 0 };
   try {
-    await program(io).parseAsync([...argv], { from: 'user' });
-    return 0;
+    await program(io, exit).parseAsync(
+      argv.filter((a) => a !== '--debug'),
+      { from: 'user' },
+    );
+    return exit.code;
   } catch (e) {
     if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : 2;
+    if (debug && e instanceof Error && e.stack) io.err(e.stack);
     if (e instanceof StagetreeError) {
       io.err(`error ${e.code}: ${e.message}`);
       return 1;
     }
-    throw e;
+    const system = systemError(e);
+    if (system !== null) {
+      io.err(`error ${ErrorCode.io}: ${system}`);
+      return 1;
+    }
+    io.err(
+      `error ${ErrorCode.internal}: ${e instanceof Error ? e.message : String(e)}` +
+        (debug ? '' : ' (a bug in stagetree: run again with --debug for the stack, and report it)'),
+    );
+    return 1;
   }
 }

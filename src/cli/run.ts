@@ -1,17 +1,24 @@
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { ConflictError } from '../errors.js';
-import { ExecutionMode } from '../engine/index.js';
-import type { LogEntry } from '../engine/index.js';
+import {
+  describeError,
+  EnvironmentError,
+  IoError,
+  ResumeError,
+  StagetreeError,
+} from '../errors.js';
+import { ExecutionMode, replay } from '../engine/index.js';
+import type { EngineOptions, LogEntry } from '../engine/index.js';
 import { startWorkerHub } from '../rpc/index.js';
 import { CheckpointStore, StudyStore } from '../store/index.js';
 import type { StudyStatus } from '../store/index.js';
 import type { Study } from '../study/index.js';
 import { createTuner } from '../tuner/index.js';
 import { ProcessPool, runWithPool } from '../workers/index.js';
-import type { WorkerCommand } from '../workers/index.js';
+import type { RunStop, WorkerCommand } from '../workers/index.js';
 import { engineOptions } from '../workers/sim/index.js';
 
 /** The repository root (dist/cli/.. or src/cli/..): where the worker entry points live. */
@@ -32,9 +39,17 @@ export function defaultPaths(studyFile: string, study: Study, given: Partial<Run
   };
 }
 
+type RealTrainer = Exclude<Study['trainer'], { kind: 'sim' }>;
+
+function realTrainer(study: Study): RealTrainer {
+  if (study.trainer.kind === 'sim')
+    throw new Error('internal: a sim trainer has no worker process');
+  return study.trainer;
+}
+
 function workerCommand(studyFile: string, study: Study): (workerId: string) => WorkerCommand {
   const base = dirname(resolve(studyFile));
-  const trainer = study.trainer;
+  const trainer = realTrainer(study);
   switch (trainer.kind) {
     case 'node':
       return () => ({
@@ -63,16 +78,76 @@ function workerCommand(studyFile: string, study: Study): (workerId: string) => W
           STAGETREE_TRAINER: trainer.module,
         },
       });
-    case 'sim':
-      throw new Error('internal: a sim trainer has no worker process');
   }
 }
 
-/** Keeps the store's attempt table (timings and failures) in step with the event log. */
+/**
+ * Loads the trainer the way a worker will (`worker --check`) before anything starts, and
+ * returns its identity for the store: the declared `trainer.version`, else the SHA-256
+ * of the file that defines it. A trainer that does not load is an `EnvironmentError`
+ * with the worker's own explanation.
+ */
+export function checkTrainer(studyFile: string, study: Study): string {
+  const cmd = workerCommand(studyFile, study)('check');
+  const r = spawnSync(cmd.file, [...cmd.args, '--check'], {
+    env: { ...process.env, ...cmd.env },
+    cwd: cmd.cwd,
+    encoding: 'utf8',
+    timeout: 120_000,
+    maxBuffer: 16 * 1024 * 1024,
+  });
+  const trainer = realTrainer(study);
+  const what =
+    trainer.kind === 'node'
+      ? `node trainer ${trainer.module} (export ${JSON.stringify(trainer.export)})`
+      : `python trainer ${trainer.module}`;
+  const answer = checkAnswer(r.stdout);
+  if (answer?.ok === true && typeof answer.fingerprint === 'string') {
+    return trainer.version !== null ? `version:${trainer.version}` : answer.fingerprint;
+  }
+  const why =
+    typeof answer?.error === 'string'
+      ? answer.error
+      : r.error
+        ? describeError(r.error)
+        : `${cmd.file} exited with ${r.status ?? r.signal}: ${tail(r.stderr || r.stdout)}`;
+  throw new EnvironmentError(`the ${what} cannot be loaded: ${why}`);
+}
+
+/** The JSON line `worker --check` prints last, or null. */
+function checkAnswer(
+  stdout: string | null,
+): { ok?: unknown; fingerprint?: unknown; error?: unknown } | null {
+  const line = (stdout ?? '').trim().split('\n').pop() ?? '';
+  try {
+    const v: unknown = JSON.parse(line);
+    return typeof v === 'object' && v !== null ? v : null;
+  } catch {
+    return null;
+  }
+}
+
+function tail(text: string | null, lines = 8): string {
+  return (text ?? '').trim().split('\n').slice(-lines).join('\n') || '(no output)';
+}
+
+/** Keeps the store's attempt table (timings, failures, tracebacks) in step with the event log. */
 class AttemptLog {
   private readonly open = new Map<number, { attempt: number; worker: string }>();
+  private readonly reported = new Map<
+    number,
+    { readonly seconds: Readonly<Record<string, number>>; readonly detail: string }
+  >();
 
   constructor(private readonly store: StudyStore) {}
+
+  /** What a worker sent with a task's result (the next entry for the task ends its attempt). */
+  report(
+    task: number,
+    info: { readonly seconds: Readonly<Record<string, number>>; readonly detail: string },
+  ): void {
+    this.reported.set(task, info);
+  }
 
   record(entries: readonly LogEntry[], now: number): void {
     for (const e of entries) {
@@ -108,6 +183,7 @@ class AttemptLog {
         case 'stop':
         case 'metric':
         case 'trialFailed':
+        case 'reuse':
         case 'finish':
           break;
       }
@@ -122,30 +198,41 @@ class AttemptLog {
     const o = this.open.get(task);
     if (!o) return;
     this.open.delete(task);
-    this.store.finishAttempt(o.attempt, { endedAt: now, ...end });
+    const info = this.reported.get(task);
+    this.reported.delete(task);
+    this.store.finishAttempt(o.attempt, {
+      endedAt: now,
+      ...end,
+      ...(info ? { seconds: info.seconds } : {}),
+      ...(info && info.detail !== '' ? { detail: info.detail } : {}),
+    });
   }
 }
 
 /**
- * Whether to give workers GPUs (CUDA_VISIBLE_DEVICES): STAGETREE_GPUS=1 or 0 decides;
- * otherwise, whether `nvidia-smi -L` lists any.
+ * Whether to give workers GPUs (CUDA_VISIBLE_DEVICES): never for a CPU-only study;
+ * STAGETREE_GPUS=1 or 0 decides; otherwise, whether `nvidia-smi -L` lists any.
  */
-function gpusPresent(): boolean {
+function gpusPresent(study: Study): boolean {
+  if (study.cpuOnly) return false;
   const forced = process.env.STAGETREE_GPUS;
   if (forced === '1' || forced === '0') return forced === '1';
   const r = spawnSync('nvidia-smi', ['-L'], { encoding: 'utf8' });
   return r.status === 0 && r.stdout.includes('GPU');
 }
 
-/** The Python runtime's generated stubs (python/stagetree/gen, not committed). */
+/** The Python runtime's generated stubs (python/stagetree/gen, not committed), made anew when the proto changed. */
 function ensurePythonStubs(python: string): void {
-  if (existsSync(join(ROOT, 'python', 'stagetree', 'gen', 'worker_pb2.py'))) return;
+  const stub = join(ROOT, 'python', 'stagetree', 'gen', 'worker_pb2.py');
+  const proto = join(ROOT, 'proto', 'stagetree', 'v1', 'worker.proto');
+  if (existsSync(stub) && (!existsSync(proto) || statSync(proto).mtimeMs <= statSync(stub).mtimeMs))
+    return;
   const r = spawnSync('bash', [join(ROOT, 'python', 'gen.sh')], {
     env: { ...process.env, PYTHON: python },
     encoding: 'utf8',
   });
   if (r.status !== 0) {
-    throw new ConflictError(
+    throw new EnvironmentError(
       `cannot generate the Python worker's protocol stubs: ${(r.stderr || r.stdout).trim()}`,
     );
   }
@@ -158,42 +245,164 @@ export interface RunOutcome {
   readonly resumed: boolean;
   readonly seconds: number;
   readonly paths: RunPaths;
+  /** Null when the study finished; else why this run stopped (the study is resumable). */
+  readonly stopped: RunStop | null;
+  /** Stages marked done from checkpoints an earlier run left (`restart`). */
+  readonly reused: number;
+}
+
+export interface RunStudyOptions {
+  readonly log?: (worker: string, line: string) => void;
+  readonly heartbeatTimeout?: number;
+  /** `trial-based` runs the baseline (each trial alone) for comparisons. */
+  readonly mode?: ExecutionMode;
+  /** Sees every new log entry with the pool (tests kill workers from here). */
+  readonly onEvent?: (entry: LogEntry, pool: ProcessPool) => void;
+  /**
+   * Start the study's log afresh (the old one is archived in the store) while reusing
+   * every trained state whose checkpoint is still there: the way on when a stored log no
+   * longer replays.
+   */
+  readonly restart?: boolean;
+  /** Aborting it stops the run cleanly (the CLI aborts it on SIGINT / SIGTERM). */
+  readonly signal?: AbortSignal;
+}
+
+/** Throws an `IoError` unless `db` can be a study store file (its folder is creatable). */
+function checkDbPath(db: string): void {
+  let st;
+  try {
+    st = statSync(db);
+  } catch {
+    return; // does not exist yet: StudyStore.open reports folder problems
+  }
+  if (!st.isFile()) {
+    throw new IoError(
+      db,
+      `is ${st.isDirectory() ? 'a directory' : 'not a regular file'}; --db must name a study store file`,
+    );
+  }
+}
+
+/** Compares a stored log with what a fresh engine and tuner decide from it. */
+function checkReplay(study: Study, log: readonly LogEntry[], options: EngineOptions): void {
+  const how =
+    'run it again with --restart to start its log afresh: the tuner runs from the beginning and ' +
+    'every trained state whose checkpoint is still there is reused, not trained again';
+  let result;
+  try {
+    result = replay(study, log, createTuner(study), options);
+  } catch (e) {
+    throw new ResumeError(
+      `the stored log of study ${study.name} does not replay (${describeError(e)}); ${how}`,
+    );
+  }
+  const i = result.firstDifference;
+  if (i === null) return;
+  const show = (e: LogEntry | undefined): string => {
+    if (e === undefined) return 'nothing';
+    const text = JSON.stringify(e);
+    return text.length > 200 ? `${text.slice(0, 197)}...` : text;
+  };
+  throw new ResumeError(
+    `the stored log of study ${study.name} does not replay: at event ${i + 1} the log has ` +
+      `${show(log[i])} but the engine now decides ${show(result.engine.log[i])}; ${how}`,
+  );
+}
+
+/** The states an earlier log trained, with the metric each gave: what a restart may reuse. */
+function trainedStates(entries: readonly LogEntry[]): Map<string, number> {
+  const endKey = new Map<number, string>();
+  const out = new Map<string, number>();
+  for (const e of entries) {
+    if (e.kind === 'task') endKey.set(e.task.id, e.task.endKey);
+    else if (e.kind === 'done') {
+      const key = endKey.get(e.task);
+      if (key !== undefined) out.set(key, e.metric);
+    } else if (e.kind === 'reuse') out.set(e.key, e.metric);
+  }
+  return out;
 }
 
 /**
  * Runs a study for real on local worker processes: SQLite store, checkpoints on local
- * disk, the engine's gRPC hub on 127.0.0.1. Running it again on the same store resumes
- * it: the stored event log is replayed and no completed stage runs again.
+ * disk, the engine's gRPC hub on an owner-only Unix socket. Running it again on the same
+ * store resumes it: the stored event log is replayed and no completed stage runs again.
+ *
+ * Before anything starts it checks that the store is free (one engine per store), that
+ * the checkpoint folder is writable and that the trainer loads, and, on a resume, that
+ * the trainer is the one the study started with and that the log replays. A run that
+ * cannot go on (interrupted, or a failure of the environment) leaves the study
+ * resumable and says why in `stopped` (and in the store, for `status`).
  */
 export async function runStudy(
   studyFile: string,
   study: Study,
   given: Partial<RunPaths> = {},
-  options: {
-    readonly log?: (worker: string, line: string) => void;
-    readonly heartbeatTimeout?: number;
-    /** `trial-based` runs the baseline (each trial alone) for comparisons. */
-    readonly mode?: ExecutionMode;
-    /** Sees every new log entry with the pool (tests kill workers from here). */
-    readonly onEvent?: (entry: LogEntry, pool: ProcessPool) => void;
-  } = {},
+  options: RunStudyOptions = {},
 ): Promise<RunOutcome> {
   const paths = defaultPaths(studyFile, study, given);
-  mkdirSync(dirname(paths.db), { recursive: true });
-  mkdirSync(paths.checkpoints, { recursive: true });
+  checkDbPath(paths.db);
+  const checkpoints = new CheckpointStore(paths.checkpoints);
+  checkpoints.checkWritable();
   const store = StudyStore.open(paths.db);
+  const wall = (): number => Date.now() / 1000;
   try {
-    const wall = (): number => Date.now() / 1000;
+    store.acquire(wall());
     const resumed = store.initStudy(study.name, study, wall()) === 'resumed';
-    const resumeFrom = resumed ? store.events() : [];
-    if (resumed && store.status().finished) {
-      return { status: store.status(), resumed, seconds: 0, paths, bestCheckpoint: null };
+    if (resumed && store.status().finished && !options.restart) {
+      return {
+        status: store.status(),
+        resumed,
+        seconds: 0,
+        paths,
+        bestCheckpoint: null,
+        stopped: null,
+        reused: 0,
+      };
     }
-    const checkpoints = new CheckpointStore(paths.checkpoints);
+    let fingerprint: string;
+    try {
+      fingerprint = checkTrainer(studyFile, study);
+    } catch (e) {
+      if (e instanceof StagetreeError) store.setProblem(e.message, wall());
+      throw e;
+    }
+    const stored = store.trainerFingerprint();
+    if (stored !== null && stored !== fingerprint && store.eventCount() > 0) {
+      throw new ResumeError(
+        `the trainer of study ${study.name} changed since it started (${stored} then, ` +
+          `${fingerprint} now), and its trained stages came from the old code; restore the ` +
+          `code it started with to resume, or start the study afresh in a new store ` +
+          `(--db NEW.db --checkpoints NEW_DIR). A trainer that declares "version" in the ` +
+          `study is identified by it instead of its file`,
+      );
+    }
+    store.setTrainerFingerprint(fingerprint);
+    const engine: EngineOptions = {
+      ...engineOptions(study, options.mode ?? ExecutionMode.stageTree),
+      durable: true,
+    };
+    if (options.restart && store.eventCount() > 0) store.restartLog(wall());
+    // After a restart, the states the archived log trained (and whose files are still
+    // here) are offered: a stage that reaches one is marked done, not trained again.
+    const offers = new Map<string, number>();
+    for (const [key, metric] of trainedStates(store.archivedEvents()))
+      if (checkpoints.has(key)) offers.set(key, metric);
+    const resumeFrom = store.events();
+    if (resumeFrom.length > 0) checkReplay(study, resumeFrom, engine);
     store.loseOpenAttempts(wall(), 'the engine stopped while it ran');
+    store.setProblem(null, wall());
     const attempts = new AttemptLog(store);
     let pool: ProcessPool | null = null;
+    // An owner-only folder for the hub's socket: only this user's processes can dial it.
+    const socketDir = mkdtempSync(join(tmpdir(), 'stagetree-hub-'));
     const hub = await startWorkerHub({
+      socket: join(socketDir, 'hub.sock'),
+      admit: (registration) =>
+        pool
+          ? pool.admit(registration)
+          : { code: 'unauthenticated', message: 'no workers are expected yet' },
       onConnect: (connection) => {
         if (pool) pool.attach(connection);
         else connection.close();
@@ -203,26 +412,15 @@ export async function runStudy(
       pool = new ProcessPool({
         command: workerCommand(studyFile, study),
         engineAddress: hub.address,
-        gpus: gpusPresent(),
+        gpus: gpusPresent(study),
         welcome: { kind: 'welcome', checkpointDir: paths.checkpoints, heartbeatSeconds: 1 },
         ...(options.log ? { log: options.log } : {}),
       });
-      // Ctrl-C / SIGTERM: stop the workers cleanly and leave; the store holds everything
-      // completed, and running the study again resumes it.
-      const running = pool;
-      const interrupt = (signal: NodeJS.Signals): void => {
-        process.stderr.write(`stagetree: ${signal}, stopping workers; run again to resume\n`);
-        void running.shutdown(`the engine got ${signal}`).finally(() => {
-          store.close();
-          process.exit(130);
-        });
-      };
-      process.once('SIGINT', interrupt);
-      process.once('SIGTERM', interrupt);
+      let discardWarned = false;
       const result = await runWithPool({
         study,
         tuner: createTuner(study),
-        engine: { ...engineOptions(study, options.mode ?? ExecutionMode.stageTree), durable: true },
+        engine,
         pool,
         clock: () => performance.now() / 1000,
         sink: (entries) => {
@@ -231,16 +429,41 @@ export async function runStudy(
           const p = pool;
           if (options.onEvent && p) for (const e of entries) options.onEvent(e, p);
         },
+        onResult: (task, info) => attempts.report(task, info),
         resumeFrom,
+        offers,
         discard: (keys) => {
-          for (const k of keys) checkpoints.delete(k);
+          for (const k of keys) {
+            try {
+              checkpoints.delete(k);
+            } catch (e) {
+              // A checkpoint that cannot be deleted costs disk space, not correctness.
+              if (!discardWarned) process.stderr.write(`stagetree: warning: ${describeError(e)}\n`);
+              discardWarned = true;
+            }
+          }
         },
+        ...(options.signal ? { signal: options.signal } : {}),
         ...(options.heartbeatTimeout !== undefined
           ? { heartbeatTimeout: options.heartbeatTimeout }
           : {}),
       });
-      process.off('SIGINT', interrupt);
-      process.off('SIGTERM', interrupt);
+      if (result.stopped !== null) {
+        const why =
+          result.stopped.kind === 'interrupted'
+            ? `interrupted (${result.stopped.reason}); run it again to resume`
+            : `${result.stopped.message}; fix it and run again to resume`;
+        store.setProblem(why, wall());
+        return {
+          status: store.status(),
+          resumed,
+          seconds: result.seconds,
+          paths,
+          bestCheckpoint: null,
+          stopped: result.stopped,
+          reused: result.engine.stats.stagesReused,
+        };
+      }
       // The study is over: only the best trial's final state may still be wanted.
       const status = store.status();
       const keep = new Set<string>();
@@ -248,16 +471,23 @@ export async function runStudy(
         const key = result.engine.finalStateKey(status.best.trial);
         if (checkpoints.has(key)) keep.add(key);
       }
-      checkpoints.collect(keep, { temporary: true });
+      try {
+        checkpoints.collect(keep, { temporary: true });
+      } catch (e) {
+        process.stderr.write(`stagetree: warning: ${describeError(e)}\n`);
+      }
       return {
         status,
         resumed,
         seconds: result.seconds,
         paths,
         bestCheckpoint: keep.size > 0 ? checkpoints.fileOf([...keep][0] as string) : null,
+        stopped: null,
+        reused: result.engine.stats.stagesReused,
       };
     } finally {
       await hub.close();
+      rmSync(socketDir, { recursive: true, force: true });
     }
   } finally {
     store.close();

@@ -1,17 +1,32 @@
 #!/usr/bin/env node
 /**
  * A TypeScript worker process: `node dist/cli/worker.js`, started by the process pool.
- * Environment: STAGETREE_ENGINE (host:port of the engine's hub), STAGETREE_WORKER_ID,
+ * Environment: STAGETREE_ENGINE (host:port or unix:/path of the engine's hub),
+ * STAGETREE_WORKER_ID, STAGETREE_WORKER_SECRET (the proof that the engine started it),
  * STAGETREE_TRAINER_MODULE (an absolute path or package name) and
  * STAGETREE_TRAINER_EXPORT (default "default"), STAGETREE_GPU_SHARE,
  * CUDA_VISIBLE_DEVICES.
+ *
+ * The trainer runs on the main thread; the stream to the engine and the heartbeat live
+ * on a link thread (worker-link.ts) the trainer cannot block.
+ *
+ * `worker.js --check` loads the trainer and prints one JSON line, `{"ok": true,
+ * "fingerprint": "sha256:...", "file": ...}` or `{"ok": false, "error": ...}` (exit 1):
+ * the engine's check before a study starts, and the trainer's identity in the store.
  */
-import { pathToFileURL } from 'node:url';
+import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { isAbsolute } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { Worker } from 'node:worker_threads';
 import { WorkerAgent } from '../agent/index.js';
-import { dialEngine } from '../rpc/index.js';
+import type { EnginePort, EngineToWorker } from '../engine/index.js';
+import { WORKER_SECRET_ENV } from '../engine/index.js';
+import { describeError } from '../errors.js';
 import { CheckpointStore } from '../store/index.js';
 import type { Trainer, TrainerFactory } from '../trainer/index.js';
+import type { FromLink, LinkData, ToLink } from './worker-link.js';
 
 function need(name: string): string {
   const v = process.env[name];
@@ -22,52 +37,126 @@ function need(name: string): string {
   return v;
 }
 
-async function loadTrainer(module: string, exportName: string): Promise<TrainerFactory> {
-  const spec = isAbsolute(module) ? pathToFileURL(module).href : module;
-  const mod = (await import(spec)) as Record<string, unknown>;
+const TRAINER_METHODS = ['init', 'train', 'evaluate', 'save', 'load'] as const;
+
+/** The file a trainer module specifier names (an absolute path, or a package resolved from here). */
+function moduleFile(module: string): string {
+  if (isAbsolute(module)) return module;
+  if (module.startsWith('file:')) return fileURLToPath(module);
+  return createRequire(import.meta.url).resolve(module);
+}
+
+async function loadTrainer(
+  module: string,
+  exportName: string,
+): Promise<{ factory: TrainerFactory; file: string }> {
+  const file = moduleFile(module);
+  const mod = (await import(pathToFileURL(file).href)) as Record<string, unknown>;
   const found = mod[exportName];
   if (typeof found !== 'function') {
     throw new Error(
       `${module} has no export ${JSON.stringify(exportName)} that is a Trainer class`,
     );
   }
+  const proto = (found as { prototype?: Record<string, unknown> }).prototype ?? {};
+  const missing = TRAINER_METHODS.filter((m) => typeof proto[m] !== 'function');
+  if (missing.length > 0) {
+    throw new Error(
+      `${module}: export ${JSON.stringify(exportName)} is not a Trainer class (missing: ${missing.join(', ')})`,
+    );
+  }
   const Ctor = found as new () => Trainer;
-  return () => new Ctor();
+  return { factory: () => new Ctor(), file };
+}
+
+async function check(): Promise<number> {
+  try {
+    const { file } = await loadTrainer(
+      need('STAGETREE_TRAINER_MODULE'),
+      process.env.STAGETREE_TRAINER_EXPORT ?? 'default',
+    );
+    const fingerprint = `sha256:${createHash('sha256').update(readFileSync(file)).digest('hex')}`;
+    process.stdout.write(JSON.stringify({ ok: true, fingerprint, file }) + '\n');
+    return 0;
+  } catch (e) {
+    process.stdout.write(JSON.stringify({ ok: false, error: describeError(e) }) + '\n');
+    return 1;
+  }
+}
+
+/** The engine port of the main thread: messages go through the link thread. */
+function linkPort(engine: string, shared: SharedArrayBuffer): EnginePort {
+  const data: LinkData = { engine, shared, ppid: process.ppid, graceSeconds: 3 };
+  const thread = new Worker(new URL('./worker-link.js', import.meta.url), { workerData: data });
+  const messageListeners: ((m: EngineToWorker) => void)[] = [];
+  const closeListeners: ((error: string | null) => void)[] = [];
+  thread.on('message', (m: FromLink) => {
+    if (m.type === 'message') for (const l of messageListeners) l(m.message);
+    else for (const l of closeListeners) l(m.error);
+  });
+  thread.on('error', (e) => {
+    for (const l of closeListeners) l(`the link thread failed: ${describeError(e)}`);
+  });
+  return {
+    send: (message) => thread.postMessage({ type: 'send', message } satisfies ToLink),
+    onMessage: (l) => messageListeners.push(l),
+    onClose: (l) => closeListeners.push(l),
+    close: () => thread.postMessage({ type: 'close' } satisfies ToLink),
+  };
 }
 
 async function main(): Promise<number> {
+  if (process.argv.includes('--check')) return check();
   const engine = need('STAGETREE_ENGINE');
   const workerId = need('STAGETREE_WORKER_ID');
-  const trainer = await loadTrainer(
+  const secret = need(WORKER_SECRET_ENV);
+  // Nothing this process starts needs the secret.
+  Reflect.deleteProperty(process.env, WORKER_SECRET_ENV);
+  const { factory } = await loadTrainer(
     need('STAGETREE_TRAINER_MODULE'),
     process.env.STAGETREE_TRAINER_EXPORT ?? 'default',
   );
   const visible = process.env.CUDA_VISIBLE_DEVICES ?? '';
   const gpus = visible === '' ? [] : visible.split(',').map(Number).filter(Number.isInteger);
-  const agent = new WorkerAgent(dialEngine(engine), {
+  const shared = new SharedArrayBuffer(16);
+  const state = new BigInt64Array(shared);
+  const agent = new WorkerAgent(linkPort(engine, shared), {
     workerId,
+    secret,
     gpus,
     gpuShare: Number(process.env.STAGETREE_GPU_SHARE ?? '1') || 1,
-    trainer,
+    trainer: factory,
     checkpoints: (dir) => {
-      const store = new CheckpointStore(dir);
+      // Opened at first use: a folder that is unusable fails that task, not the worker.
+      let store: CheckpointStore | null = null;
+      const open = (): CheckpointStore => (store ??= new CheckpointStore(dir));
       return {
         save: (key, bytes) => {
-          store.put(key, bytes);
+          open().put(key, bytes);
           return Promise.resolve();
         },
-        load: (key) => Promise.resolve(new Uint8Array(store.get(key))),
+        load: (key) => Promise.resolve(new Uint8Array(open().get(key))),
       };
     },
     clock: () => performance.now() / 1000,
+    heartbeats: {
+      setRunning: (taskId) => Atomics.store(state, 0, BigInt(taskId ?? 0)),
+      cancelled: (taskId) => Atomics.load(state, 1) === BigInt(taskId),
+    },
   });
   return agent.run();
 }
 
-main().then(
-  (code) => process.exit(code),
-  (e: unknown) => {
-    process.stderr.write(`stagetree worker: ${e instanceof Error ? e.message : String(e)}\n`);
-    process.exit(1);
-  },
-);
+/** Exits once everything written to stdout and stderr has left (pipes are asynchronous). */
+function exit(code: number): void {
+  void Promise.all(
+    [process.stdout, process.stderr].map(
+      (stream) => new Promise<void>((resolve) => stream.write('', () => resolve())),
+    ),
+  ).then(() => process.exit(code));
+}
+
+main().then(exit, (e: unknown) => {
+  process.stderr.write(`stagetree worker: ${describeError(e)}\n`);
+  exit(1);
+});

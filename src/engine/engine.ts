@@ -85,6 +85,8 @@ export interface EngineStats {
   tasksCancelled: number;
   /** Training steps run, re-computations included. */
   stepsTrained: number;
+  /** Stages marked done from an offered checkpoint (trained by an earlier run), not trained. */
+  stagesReused: number;
 }
 
 interface WorkerState {
@@ -129,6 +131,7 @@ export class Engine {
     processStarts: 0,
     tasksCancelled: 0,
     stepsTrained: 0,
+    stagesReused: 0,
   };
   private now = 0;
   private nextTrial = 1;
@@ -146,6 +149,8 @@ export class Engine {
   private readonly costs = new Map<StageId, number>();
   /** The metric at each trained state (by state key). */
   private readonly metricAt = new Map<CheckpointKey, number>();
+  /** States trained before this engine existed (checkpoints of an earlier run), with their metric. */
+  private readonly offered = new Map<CheckpointKey, number>();
   /** `trial@step` of every metric event given to the tuner. */
   private readonly delivered = new Set<string>();
   /** Trials added or extended since the last check for already-trained report points. */
@@ -186,6 +191,22 @@ export class Engine {
   /** True when the study is over and nothing runs. */
   get done(): boolean {
     return this.finished && this.running.size === 0;
+  }
+
+  /**
+   * Offers a state trained before this engine existed (a checkpoint an earlier run of the
+   * study left, and the metric it gave there). A stage whose end state is offered is
+   * marked done when it becomes ready, without training (logged as `reuse`), and its
+   * children restore from the checkpoint. Offer before `start`; replay offers exactly the
+   * logged reuses, so the decisions come out the same.
+   */
+  offer(key: CheckpointKey, metric: number): void {
+    this.offered.set(key, metric);
+  }
+
+  /** Whether task `taskId` is running on worker `workerId` (a result from anyone else is stale or forged). */
+  isRunningOn(taskId: TaskId, workerId: WorkerId): boolean {
+    return this.running.get(taskId)?.task.worker === workerId;
   }
 
   /** Starts the study at time `now`: the tuner proposes, the scheduler places. */
@@ -464,7 +485,8 @@ export class Engine {
 
   /** Places what it can; 'stuck' when ready stages exist but none could be placed on an idle cluster. */
   private placeReady(): 'ok' | 'stuck' {
-    if (!this.hasRoom()) return 'ok';
+    this.reuseOffered();
+    if (this.finished || !this.hasRoom()) return 'ok';
     const ready = readyStages(this.tree, { sorted: false }).filter((s) => !this.isRunning(s));
     if (ready.length === 0) return 'ok';
     const held = new Set<StageId>();
@@ -485,6 +507,32 @@ export class Engine {
       if (this.launch(s)) placedAny = true;
     }
     return placedAny || this.running.size > 0 ? 'ok' : 'stuck';
+  }
+
+  /**
+   * Marks ready stages whose end state was offered (trained by an earlier run) done
+   * without training them, in id order, until none is left: their metrics reach the
+   * tuner as if trained now, and their children restore from the checkpoint.
+   */
+  private reuseOffered(): void {
+    if (this.offered.size === 0) return;
+    for (;;) {
+      if (this.finished) return;
+      const reusable = readyStages(this.tree, { sorted: true }).filter(
+        (s) => !this.isRunning(s) && this.offered.has(this.keyOf(s.id)),
+      );
+      const s = reusable[0];
+      if (!s) return;
+      const key = this.keyOf(s.id);
+      const metric = this.offered.get(key) as number;
+      this.tree = markDone(this.tree, s.id);
+      this.noteState(s.id);
+      this.checkpoints.add(key);
+      this.stats.stagesReused++;
+      this.log.push({ t: this.now, kind: 'reuse', stage: s.id, key, metric });
+      this.deliver(s.id, metric);
+      this.reportTrained();
+    }
   }
 
   private hasRoom(): boolean {

@@ -8,6 +8,23 @@ import type { CheckpointKey, Task, TaskId } from './types.js';
 
 export const PROTOCOL = 'stagetree.v1';
 
+/** The largest message either side sends or accepts, in bytes (both directions, every language). */
+export const MAX_MESSAGE_BYTES = 16 * 1024 * 1024;
+/** A failure's message is cut to this many characters (the rest is counted, not kept). */
+export const MAX_ERROR_MESSAGE_CHARS = 4096;
+/** A failure's detail (stack, traceback) is cut to this many characters. */
+export const MAX_ERROR_DETAIL_CHARS = 65536;
+
+/** `text` cut to `max` characters, saying how many were dropped. */
+export function truncateText(text: string, max: number): string {
+  if (text.length <= max) return text;
+  const note = ` ... [${text.length - max} more characters cut]`;
+  return text.slice(0, Math.max(0, max - note.length)) + note;
+}
+
+/** The environment variable that hands a worker its secret (see `Register.secret`). */
+export const WORKER_SECRET_ENV = 'STAGETREE_WORKER_SECRET';
+
 export type WorkerToEngine =
   | {
       readonly kind: 'register';
@@ -19,6 +36,8 @@ export type WorkerToEngine =
       readonly gpuShare: number;
       /** Checkpoint key of the state held in memory, or null. */
       readonly holds: CheckpointKey | null;
+      /** Proof that this engine started the worker (STAGETREE_WORKER_SECRET). */
+      readonly secret: string;
     }
   | { readonly kind: 'heartbeat'; readonly taskId: TaskId | null }
   | { readonly kind: 'progress'; readonly taskId: TaskId; readonly step: number }
@@ -36,8 +55,11 @@ export type WorkerToEngine =
       readonly reason: FailureReason;
     };
 
-/** What failed: user code, a checkpoint (missing or corrupt), or the worker itself. */
-export type FailureReason = 'trainer' | 'checkpoint' | 'worker';
+/**
+ * What failed: user code, a checkpoint (missing or corrupt), the machine (checkpoint
+ * folder not writable, disk full: the run stops, resumable), or the worker itself.
+ */
+export type FailureReason = 'trainer' | 'checkpoint' | 'environment' | 'worker';
 
 /** Where a worker's starting state comes from, by checkpoint key. */
 export type WireRestore =
@@ -67,7 +89,13 @@ export function toWireTask(task: Task): WireTask {
 }
 
 export type EngineToWorker =
-  | { readonly kind: 'welcome'; readonly checkpointDir: string; readonly heartbeatSeconds: number }
+  | {
+      readonly kind: 'welcome';
+      readonly checkpointDir: string;
+      readonly heartbeatSeconds: number;
+      /** The id the engine knows the worker by. */
+      readonly workerId: string;
+    }
   | { readonly kind: 'run'; readonly task: WireTask }
   | { readonly kind: 'cancel'; readonly taskId: TaskId }
   | { readonly kind: 'shutdown'; readonly reason: string };
@@ -86,6 +114,8 @@ export interface WorkerPort {
   readonly registration: Extract<WorkerToEngine, { kind: 'register' }>;
   send(message: EngineToWorker): void;
   close(): void;
+  /** Ends the stream for a protocol violation (FAILED_PRECONDITION on the wire), saying why. */
+  abort(message: string): void;
   onMessage(listener: (message: Exclude<WorkerToEngine, { kind: 'register' }>) => void): void;
   onClose(listener: (reason: string) => void): void;
 }

@@ -32,9 +32,11 @@ export function replay(
 
 /**
  * Starts a fresh engine at the log's first instant and gives it the log's inputs in
- * order (completions, failures, lost workers); the commands it answers are dropped.
+ * order (completions, failures, lost workers); the commands it answers are dropped. The
+ * states the log reused are offered first, as the logged run had them.
  */
 export function feedLog(engine: Engine, log: readonly LogEntry[]): void {
+  for (const e of log) if (e.kind === 'reuse') engine.offer(e.key, e.metric);
   engine.start(log[0]?.t ?? 0);
   for (const e of log) {
     if (e.kind === 'done') engine.complete(e.t, e.task, { metric: e.metric });

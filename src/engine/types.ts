@@ -92,6 +92,17 @@ export type LogEntry =
   | { readonly t: number; readonly kind: 'done'; readonly task: TaskId; readonly metric: number }
   | { readonly t: number; readonly kind: 'cancel'; readonly task: TaskId }
   | {
+      /**
+       * A stage marked done without training it: its end state was trained before (a
+       * checkpoint an earlier run left, offered to the engine with its metric).
+       */
+      readonly t: number;
+      readonly kind: 'reuse';
+      readonly stage: StageId;
+      readonly key: CheckpointKey;
+      readonly metric: number;
+    }
+  | {
       readonly t: number;
       readonly kind: 'metric';
       readonly trial: TrialId;

@@ -1,8 +1,12 @@
 import { credentials } from '@grpc/grpc-js';
 import type { ClientDuplexStream } from '@grpc/grpc-js';
 import { ValidationError } from '../errors.js';
+import { MAX_MESSAGE_BYTES } from '../engine/index.js';
 import type { EngineToWorker, WorkerToEngine } from '../engine/index.js';
-import { WorkerHubServiceClient } from '../gen/stagetree/v1/worker.js';
+import {
+  ConnectRequest as ConnectRequestCodec,
+  WorkerHubServiceClient,
+} from '../gen/stagetree/v1/worker.js';
 import type { ConnectRequest, ConnectResponse } from '../gen/stagetree/v1/worker.js';
 import { engineFromWire, workerToWire } from './convert.js';
 
@@ -15,9 +19,35 @@ export interface EngineLink {
   close(): void;
 }
 
-/** Dials the engine at host:port and opens the worker stream. */
+/**
+ * The wire form of a worker's message, within the message limit: a result too large to
+ * send (a huge metric map) becomes a failure that says so, so the engine hears why
+ * instead of seeing the stream break.
+ */
+export function boundedWire(message: WorkerToEngine): ConnectRequest {
+  const wire = workerToWire(message);
+  const size = ConnectRequestCodec.encode(wire).finish().length;
+  if (size <= MAX_MESSAGE_BYTES || (message.kind !== 'done' && message.kind !== 'failed'))
+    return wire;
+  const what =
+    message.kind === 'done'
+      ? ` (evaluate() returned ${Object.keys(message.metrics).length} metrics)`
+      : '';
+  return workerToWire({
+    kind: 'failed',
+    taskId: message.taskId,
+    message: `message of ${size} bytes exceeds the limit of ${MAX_MESSAGE_BYTES} bytes${what}`,
+    detail: '',
+    reason: 'trainer',
+  });
+}
+
+/** Dials the engine (`host:port` or `unix:/path`) and opens the worker stream. */
 export function dialEngine(address: string): EngineLink {
-  const client = new WorkerHubServiceClient(address, credentials.createInsecure());
+  const client = new WorkerHubServiceClient(address, credentials.createInsecure(), {
+    'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
+    'grpc.max_send_message_length': MAX_MESSAGE_BYTES,
+  });
   const call: ClientDuplexStream<ConnectRequest, ConnectResponse> = client.connect();
   const messageListeners: ((m: EngineToWorker) => void)[] = [];
   const closeListeners: ((error: string | null) => void)[] = [];
@@ -46,7 +76,7 @@ export function dialEngine(address: string): EngineLink {
   call.on('error', (e: Error & { details?: string }) => finish(e.details ?? e.message));
   return {
     send(message) {
-      if (!done) call.write(workerToWire(message));
+      if (!done) call.write(boundedWire(message));
     },
     onMessage(listener) {
       messageListeners.push(listener);

@@ -1,4 +1,5 @@
 import { ValidationError } from '../errors.js';
+import { MAX_ERROR_DETAIL_CHARS, MAX_ERROR_MESSAGE_CHARS, truncateText } from '../engine/index.js';
 import type { EngineToWorker, StageRun, WireTask, WorkerToEngine } from '../engine/index.js';
 import { fromSegments } from '../schedule/index.js';
 import type { Canonical, Piece, Segment } from '../schedule/index.js';
@@ -21,6 +22,11 @@ type Path = (string | number)[];
 
 function finite(x: number, path: Path): number {
   if (!Number.isFinite(x)) throw new ValidationError(path, 'a finite number', x);
+  return x;
+}
+
+function seconds(x: number, path: Path): number {
+  if (!Number.isFinite(x) || x < 0) throw new ValidationError(path, 'a finite number >= 0', x);
   return x;
 }
 
@@ -240,7 +246,11 @@ export function engineToWire(m: EngineToWorker): ConnectResponse {
       return {
         body: {
           $case: 'welcome',
-          value: { checkpointDir: m.checkpointDir, heartbeatSeconds: m.heartbeatSeconds },
+          value: {
+            checkpointDir: m.checkpointDir,
+            heartbeatSeconds: m.heartbeatSeconds,
+            workerId: m.workerId,
+          },
         },
       };
     case 'run': {
@@ -283,6 +293,7 @@ export function engineFromWire(w: ConnectResponse): EngineToWorker {
         kind: 'welcome',
         checkpointDir: nonEmpty(b.value.checkpointDir, ['welcome', 'checkpointDir']),
         heartbeatSeconds: finite(b.value.heartbeatSeconds, ['welcome', 'heartbeatSeconds']),
+        workerId: b.value.workerId,
       };
     case 'run': {
       const v = b.value;
@@ -330,6 +341,7 @@ export function workerToWire(m: WorkerToEngine): ConnectRequest {
             gpus: [...m.gpus],
             gpuShare: m.gpuShare,
             holds: m.holds ?? '',
+            secret: m.secret,
           },
         },
       };
@@ -348,17 +360,32 @@ export function workerToWire(m: WorkerToEngine): ConnectRequest {
       return {
         body: {
           $case: 'failed',
-          value: { taskId: m.taskId, message: m.message, detail: m.detail, reason: m.reason },
+          value: {
+            taskId: m.taskId,
+            message: truncateText(m.message, MAX_ERROR_MESSAGE_CHARS),
+            detail: truncateText(m.detail, MAX_ERROR_DETAIL_CHARS),
+            reason: m.reason,
+          },
         },
       };
   }
 }
 
-function numbers(x: Readonly<Record<string, number>>, path: Path): Record<string, number> {
+function numbers(
+  x: Readonly<Record<string, number>>,
+  path: Path,
+  check: (v: number, p: Path) => number,
+): Record<string, number> {
   const out: Record<string, number> = {};
-  for (const [k, v] of Object.entries(x)) out[k] = finite(v, [...path, k]);
+  for (const [k, v] of Object.entries(x)) {
+    if (k === '') throw new ValidationError([...path, k], 'a non-empty name', k);
+    out[k] = check(v, [...path, k]);
+  }
   return out;
 }
+
+/** Any double: NaN and infinities are valid metrics (a diverged trial is normal in tuning). */
+const anyNumber = (x: number): number => x;
 
 export function workerFromWire(w: ConnectRequest): WorkerToEngine {
   const b = w.body;
@@ -386,6 +413,7 @@ export function workerFromWire(w: ConnectRequest): WorkerToEngine {
         gpus: [...v.gpus],
         gpuShare: v.gpuShare,
         holds: v.holds === '' ? null : v.holds,
+        secret: v.secret,
       };
     }
     case 'heartbeat':
@@ -403,17 +431,22 @@ export function workerFromWire(w: ConnectRequest): WorkerToEngine {
       return {
         kind: 'done',
         taskId: taskId(b.value.taskId, ['done', 'taskId']),
-        metrics: numbers(b.value.metrics, ['done', 'metrics']),
-        seconds: numbers(b.value.seconds, ['done', 'seconds']),
+        metrics: numbers(b.value.metrics, ['done', 'metrics'], anyNumber),
+        seconds: numbers(b.value.seconds, ['done', 'seconds'], seconds),
       };
     case 'failed':
       return {
         kind: 'failed',
         taskId: taskId(b.value.taskId, ['failed', 'taskId']),
-        message: b.value.message === '' ? '(the trainer gave no message)' : b.value.message,
-        detail: b.value.detail,
+        message:
+          b.value.message === ''
+            ? '(the trainer gave no message)'
+            : truncateText(b.value.message, MAX_ERROR_MESSAGE_CHARS),
+        detail: truncateText(b.value.detail, MAX_ERROR_DETAIL_CHARS),
         reason:
-          b.value.reason === 'checkpoint' || b.value.reason === 'worker'
+          b.value.reason === 'checkpoint' ||
+          b.value.reason === 'worker' ||
+          b.value.reason === 'environment'
             ? b.value.reason
             : 'trainer',
       };

@@ -1,4 +1,10 @@
-export { StudyStore, AttemptOutcome, TrialRowStatus } from './study-store.js';
+export {
+  StudyStore,
+  AttemptOutcome,
+  TrialRowStatus,
+  MAX_DETAIL_CHARS,
+  MAX_ERROR_CHARS,
+} from './study-store.js';
 export type {
   AttemptEnd,
   AttemptRow,
@@ -6,18 +12,22 @@ export type {
   MetricRow,
   StageRow,
   StoredStudy,
+  StoreOwner,
   StudyStatus,
   TrialRow,
 } from './study-store.js';
 export {
   CheckpointStore,
   CorruptCheckpointError,
+  CHECKPOINT_DIGEST_PREFIX,
   CHECKPOINT_HEADER_BYTES,
   CHECKPOINT_KEY_PATTERN,
   CHECKPOINT_MAGIC,
   CHECKPOINT_SUFFIX,
+  OLD_CHECKPOINT_MAGIC,
   TEMP_PREFIX,
   checkCheckpointKey,
+  checkpointDigest,
   decodeCheckpoint,
   encodeCheckpoint,
 } from './checkpoints.js';

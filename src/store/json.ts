@@ -80,9 +80,9 @@ function isRecord(x: unknown): x is Record<string, unknown> {
 
 /*
  * Log entries. A metric may be NaN or infinite (a diverged run); JSON cannot hold those, so
- * the two metric fields (`metric.value`, `done.metric`) are written as the strings "NaN",
- * "Infinity" or "-Infinity" and read back as numbers. Any other non-finite number is
- * rejected: nothing else in a log comes from outside a validated study.
+ * the metric fields (`metric.value`, `done.metric`, `reuse.metric`) are written as the
+ * strings "NaN", "Infinity" or "-Infinity" and read back as numbers. Any other non-finite
+ * number is rejected: nothing else in a log comes from outside a validated study.
  */
 
 const NON_FINITE: Readonly<Record<string, number>> = {
@@ -108,7 +108,9 @@ function decodeMetric(x: unknown, where: string): number {
 export function encodeEntry(entry: LogEntry, where: string): string {
   let e: unknown = entry;
   if (entry.kind === 'metric') e = { ...entry, value: encodeMetric(entry.value) };
-  else if (entry.kind === 'done') e = { ...entry, metric: encodeMetric(entry.metric) };
+  else if (entry.kind === 'done' || entry.kind === 'reuse') {
+    e = { ...entry, metric: encodeMetric(entry.metric) };
+  }
   checkJson(e, [where]);
   return JSON.stringify(e);
 }
@@ -117,6 +119,8 @@ export function encodeEntry(entry: LogEntry, where: string): string {
 export function decodeEntry(json: string, where: string): LogEntry {
   const e = JSON.parse(json) as Record<string, unknown>;
   if (e['kind'] === 'metric') e['value'] = decodeMetric(e['value'], `${where}.value`);
-  else if (e['kind'] === 'done') e['metric'] = decodeMetric(e['metric'], `${where}.metric`);
+  else if (e['kind'] === 'done' || e['kind'] === 'reuse') {
+    e['metric'] = decodeMetric(e['metric'], `${where}.metric`);
+  }
   return e as unknown as LogEntry;
 }

@@ -71,6 +71,41 @@ export const MIGRATIONS: readonly string[] = [
   );
   CREATE INDEX stages_last_task ON stages (last_task);
   `,
+  // 3: the owner lock, the trainer fingerprint and last problem, the archive of restarted
+  // logs; a stage's range may be unknown (a stage reused from a checkpoint, never trained).
+  `
+  CREATE TABLE owner (
+    id    INTEGER PRIMARY KEY CHECK (id = 1),
+    pid   INTEGER NOT NULL,
+    start TEXT,
+    host  TEXT NOT NULL,
+    since REAL NOT NULL,
+    token TEXT NOT NULL
+  );
+  ALTER TABLE study ADD COLUMN trainer_fingerprint TEXT;
+  ALTER TABLE study ADD COLUMN problem TEXT;
+  CREATE TABLE archived_events (
+    generation INTEGER NOT NULL,
+    seq        INTEGER NOT NULL,
+    t          REAL NOT NULL,
+    kind       TEXT NOT NULL,
+    json       TEXT NOT NULL,
+    PRIMARY KEY (generation, seq)
+  ) WITHOUT ROWID;
+  ALTER TABLE stages RENAME TO stages_v2;
+  CREATE TABLE stages (
+    id        TEXT PRIMARY KEY,
+    start     INTEGER,
+    end       INTEGER,
+    runs      INTEGER NOT NULL DEFAULT 0,
+    last_task INTEGER,
+    done_at   REAL
+  );
+  INSERT INTO stages (id, start, end, runs, last_task, done_at)
+    SELECT id, start, end, runs, last_task, done_at FROM stages_v2;
+  DROP TABLE stages_v2;
+  CREATE INDEX stages_last_task ON stages (last_task);
+  `,
 ];
 
 /**

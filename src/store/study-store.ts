@@ -1,20 +1,26 @@
-import { mkdirSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, statSync } from 'node:fs';
+import type { Stats } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import Database from 'better-sqlite3';
 import type { LogEntry, TaskId, WorkerId } from '../engine/types.js';
 import {
   ConflictError,
   describeValue,
-  ErrorCode,
+  IoError,
   NotFoundError,
   StagetreeError,
+  StoreBusyError,
   ValidationError,
 } from '../errors.js';
 import { METRIC_MODES } from '../study/index.js';
 import type { MetricMode } from '../study/index.js';
 import type { StageId, TrialId } from '../tree/index.js';
 import { isBetter } from '../tuner/types.js';
+import { checkCheckpointKey } from './checkpoints.js';
+import { isErrno, toIoError } from './fs-errors.js';
 import { canonicalJson, decodeEntry, encodeEntry, firstJsonDifference } from './json.js';
+import { currentProcess, isRunning } from './owner.js';
 import { migrate } from './schema.js';
 
 /**
@@ -26,7 +32,16 @@ import { migrate } from './schema.js';
  * replaying `events()`.
  *
  * The store reads no clock: every time it records is passed in by the caller.
+ *
+ * One engine runs a study at a time: `acquire` records this process as the store's owner
+ * (atomically, taking over only from a process that is gone), `release` / `close` give it
+ * up. Readers (`stagetree status`) need no lock.
  */
+
+/** Longest `error` an attempt keeps (characters); a longer one is cut, with a note. */
+export const MAX_ERROR_CHARS = 4096;
+/** Longest `detail` (traceback) an attempt keeps (characters); a longer one is cut. */
+export const MAX_DETAIL_CHARS = 65536;
 
 export const TrialRowStatus = { active: 'active', stopped: 'stopped', failed: 'failed' } as const;
 export type TrialRowStatus = (typeof TrialRowStatus)[keyof typeof TrialRowStatus];
@@ -67,11 +82,21 @@ export interface TrialRow {
 
 export interface StageRow {
   readonly id: string;
-  readonly start: number;
-  readonly end: number;
-  /** Tasks that trained it (as their stage or as a re-computed ancestor). */
+  /** Its step range; null for a stage only ever reused (never trained in this log). */
+  readonly start: number | null;
+  readonly end: number | null;
+  /** Tasks that trained it (as their stage or as a re-computed ancestor); 0: reused only. */
   readonly runs: number;
+  /** When a task ended with it, or a `reuse` entry marked it done; null: not done. */
   readonly doneAt: number | null;
+}
+
+/** The process that owns the store (`acquire`): one engine per store. */
+export interface StoreOwner {
+  readonly pid: number;
+  readonly host: string;
+  /** When it acquired the store (the caller's clock, seconds). */
+  readonly since: number;
 }
 
 export interface MetricRow {
@@ -94,8 +119,9 @@ export interface AttemptEnd {
   readonly outcome: AttemptOutcome;
   /** Seconds by phase as the worker measured them (start, load, train, eval, save, ...). */
   readonly seconds?: Readonly<Record<string, number>>;
+  /** One line; cut to `MAX_ERROR_CHARS` characters, with a note of how many were cut. */
   readonly error?: string;
-  /** A longer diagnostic (a traceback). */
+  /** A longer diagnostic (a traceback); cut to `MAX_DETAIL_CHARS` characters likewise. */
   readonly detail?: string;
 }
 
@@ -125,7 +151,10 @@ export interface StudyStatus {
     readonly stopped: number;
     readonly failed: number;
   };
-  /** The best metric of any trial (ties: the earlier step, then the earlier trial). */
+  /**
+   * The best metric of any trial by the metric's mode (NaN never; an infinity like any
+   * number: -Infinity is the best loss). Ties: the earlier trial, then the earlier step.
+   */
   readonly best: { readonly trial: TrialId; readonly step: number; readonly value: number } | null;
   /** Failed trials, in proposal order, with their messages. */
   readonly failed: readonly { readonly trial: TrialId; readonly message: string }[];
@@ -140,6 +169,10 @@ export interface StudyStatus {
     /** The workers' own seconds by phase, summed over finished attempts. */
     readonly phaseSeconds: Readonly<Record<string, number>>;
   };
+  /** Why the last run stopped without finishing (`setProblem`), or null. */
+  readonly problem: string | null;
+  /** The live process running the study now (`acquire`), or null. */
+  readonly owner: { readonly pid: number; readonly since: number } | null;
 }
 
 interface StudyDbRow {
@@ -147,6 +180,13 @@ interface StudyDbRow {
   json: string;
   created_at: number;
   updated_at: number;
+}
+interface OwnerDbRow {
+  pid: number;
+  start: string | null;
+  host: string;
+  since: number;
+  token: string;
 }
 interface TrialDbRow {
   id: string;
@@ -179,6 +219,10 @@ export class StudyStore {
   private readonly db: Database.Database;
   private mode: MetricMode | null = null;
   private readonly sql: ReturnType<typeof prepare>;
+  /** Tells this object's ownership apart from any other's, even in the same process. */
+  private readonly token = randomBytes(16).toString('hex');
+  /** Whether this object wrote the owner row (so `close` releases it). */
+  private held = false;
 
   private constructor(file: string, db: Database.Database) {
     this.file = file;
@@ -189,20 +233,18 @@ export class StudyStore {
   /**
    * Opens (creating if needed, with its folder) the study store at `path`, in WAL mode,
    * migrating it to the current schema. Refuses an SQLite file that is not a study store
-   * and one written by a newer schema.
+   * and one written by a newer schema. A path that cannot be a store file (a folder, a
+   * device such as /dev/null, a path under a file, a name too long, a read-only place) is
+   * an `IoError` naming it and why; never a raw SQLite or file-system error.
    */
   static open(path: string): StudyStore {
     const file = resolve(path);
-    mkdirSync(dirname(file), { recursive: true });
+    prepareFile(file);
     let db: Database.Database;
     try {
       db = new Database(file);
-    } catch (cause) {
-      throw new StagetreeError(
-        ErrorCode.conflict,
-        `${file}: cannot open as a study store: ${(cause as Error).message}`,
-        { cause },
-      );
+    } catch (e) {
+      throw storeError(e, file);
     }
     try {
       db.pragma('journal_mode = WAL');
@@ -212,17 +254,62 @@ export class StudyStore {
       return new StudyStore(file, db);
     } catch (e) {
       db.close();
-      if (e instanceof StagetreeError) throw e;
-      if (isSqliteError(e) && (e.code === 'SQLITE_NOTADB' || e.code === 'SQLITE_CORRUPT')) {
-        throw new ConflictError(`${file} is not a stagetree study store (${e.message})`);
-      }
-      throw e;
+      throw storeError(e, file);
     }
   }
 
-  /** Closes the file. Calling it twice is harmless. */
+  /**
+   * Releases the store if this object owns it (`release`), then closes the file. Calling
+   * it twice is harmless.
+   */
   close(): void {
-    if (this.db.open) this.db.close();
+    if (!this.db.open) return;
+    try {
+      this.release();
+    } finally {
+      this.db.close();
+    }
+  }
+
+  // ------------------------------------------------------------------ owner
+
+  /**
+   * Makes this process the store's one engine, atomically (inside `BEGIN IMMEDIATE`).
+   * When another live process owns it, or another `StudyStore` object of this process,
+   * throws `StoreBusyError` naming the study (the file before `initStudy`), that owner's
+   * pid and since when. An owner that is gone (its pid is dead, a zombie, or a new process
+   * with its start time; or it ran on another host) is taken over. Acquiring again what
+   * this object holds changes nothing.
+   */
+  acquire(now: number): void {
+    checkTime(now, 'now');
+    const me = currentProcess();
+    this.db
+      .transaction(() => {
+        const row = this.sql.getOwner.get() as OwnerDbRow | undefined;
+        if (row?.token === this.token) return;
+        if (row !== undefined && isRunning(row)) {
+          const study = this.sql.getStudy.get() as StudyDbRow | undefined;
+          throw new StoreBusyError(study?.name ?? this.file, row.pid, row.since);
+        }
+        this.sql.setOwner.run({ ...me, since: now, token: this.token });
+      })
+      .immediate();
+    this.held = true;
+  }
+
+  /** Gives up the store if this object owns it (another's ownership is left alone). */
+  release(): void {
+    if (!this.held) return;
+    this.sql.deleteOwner.run(this.token);
+    this.held = false;
+  }
+
+  /** The live process that owns the store (for `stagetree status`), or null: none, or gone. */
+  owner(): StoreOwner | null {
+    const row = this.sql.getOwner.get() as OwnerDbRow | undefined;
+    if (row === undefined || !isRunning(row)) return null;
+    return { pid: row.pid, host: row.host, since: row.since };
   }
 
   // ------------------------------------------------------------------ study
@@ -290,6 +377,46 @@ export class StudyStore {
     this.sql.touchStudy.run(now);
   }
 
+  /**
+   * Records the fingerprint of the trainer the study runs (what a resume compares to see
+   * whether the trainer changed). `NotFoundError` before `initStudy`.
+   */
+  setTrainerFingerprint(fp: string): void {
+    if (typeof fp !== 'string' || fp === '') {
+      throw new ValidationError('fingerprint', 'a non-empty string', fp);
+    }
+    this.requireMode();
+    this.sql.setFingerprint.run(fp);
+  }
+
+  /** The recorded trainer fingerprint, or null before any. `NotFoundError` before `initStudy`. */
+  trainerFingerprint(): string | null {
+    this.requireMode();
+    return (this.sql.getStudyExtra.get() as { trainer_fingerprint: string | null })
+      .trainer_fingerprint;
+  }
+
+  /**
+   * Records why the run stopped without finishing (an environment failure: the trainer
+   * cannot load, the disk is full), shown by `status()`; null clears it, which a run does
+   * once it has started well. Also sets the updated time. Text longer than
+   * `MAX_ERROR_CHARS` is cut. `NotFoundError` before `initStudy`.
+   */
+  setProblem(text: string | null, now: number): void {
+    if (text !== null && typeof text !== 'string') {
+      throw new ValidationError('problem', 'a string or null', text);
+    }
+    checkTime(now, 'now');
+    this.requireMode();
+    this.sql.setProblem.run(text === null ? null : clip(text, MAX_ERROR_CHARS), now);
+  }
+
+  /** The recorded problem (`setProblem`), or null. */
+  problem(): string | null {
+    this.requireMode();
+    return (this.sql.getStudyExtra.get() as { problem: string | null }).problem;
+  }
+
   // ------------------------------------------------------------------ events
 
   /**
@@ -326,6 +453,41 @@ export class StudyStore {
 
   eventCount(): number {
     return (this.sql.countEvents.get() as { n: number }).n;
+  }
+
+  /**
+   * Starts the log afresh (`stagetree run --restart`: a log that no longer replays must
+   * never strand a study). In one transaction, moves every event into `archived_events`
+   * as a new generation and clears `trials`, `metrics` and `stages`; `attempts` stay (the
+   * record of the GPU time spent), and so do the study, its fingerprint and problem.
+   * Returns the number of events archived (0: the log was empty, no generation is made).
+   */
+  restartLog(now: number): number {
+    checkTime(now, 'now');
+    this.requireMode();
+    return this.db
+      .transaction((): number => {
+        const { g } = this.sql.nextGeneration.get() as { g: number };
+        const moved = this.sql.archiveEvents.run(g).changes;
+        this.sql.clearMetrics.run();
+        this.sql.clearTrials.run();
+        this.sql.clearStages.run();
+        this.sql.clearEvents.run();
+        this.sql.touchStudy.run(now);
+        return moved;
+      })
+      .immediate();
+  }
+
+  /**
+   * The log entries of the most recent `restartLog`, in order (empty before any): what a
+   * restarted run reads to offer the checkpoints the old log trained to the new run.
+   */
+  archivedEvents(): LogEntry[] {
+    const rows = this.sql.lastArchive.all() as { generation: number; seq: number; json: string }[];
+    return rows.map((r) =>
+      decodeEntry(r.json, `archived_events[generation ${r.generation}, seq ${r.seq}]`),
+    );
   }
 
   private applyEntry(entry: LogEntry, seq: number, where: string, touched: Set<TrialId>): void {
@@ -373,6 +535,10 @@ export class StudyStore {
       }
       case 'done':
         this.sql.stageDone.run({ t: entry.t, task: entry.task });
+        return;
+      case 'reuse':
+        // Done without training: `runs` stays; a stage this log never trained gets a row.
+        this.sql.reuseStage.run({ id: entry.stage, t: entry.t });
         return;
       case 'cancel':
       case 'fail':
@@ -422,23 +588,24 @@ export class StudyStore {
 
   // ------------------------------------------------------------------ trials
 
-  /** Every trial, in proposal order. */
   /**
-   * Every stage a task trained, with how many times it was trained (more than once only
-   * after a failure or a lost state) and when it was done (null: never finished).
+   * Every stage a task trained or a `reuse` entry marked done, with how many times it was
+   * trained (more than once only after a failure or a lost state; 0: reused only) and when
+   * it was done (null: never finished). Stages with a range first, by start.
    */
   stages(): StageRow[] {
     return (
       this.sql.allStages.all() as {
         id: string;
-        start: number;
-        end: number;
+        start: number | null;
+        end: number | null;
         runs: number;
         done_at: number | null;
       }[]
     ).map((r) => ({ id: r.id, start: r.start, end: r.end, runs: r.runs, doneAt: r.done_at }));
   }
 
+  /** Every trial, in proposal order. */
   trials(): TrialRow[] {
     return (this.sql.allTrials.all() as TrialDbRow[]).map(toTrialRow);
   }
@@ -459,12 +626,13 @@ export class StudyStore {
   }
 
   /**
-   * Marks a trial failed with `message` (a worker failed its task for good). A later
-   * `stop` of it in the log keeps it failed. `NotFoundError` for an unknown trial.
+   * Marks a trial failed with `message` (a worker failed its task for good; cut to
+   * `MAX_ERROR_CHARS`). A later `stop` of it in the log keeps it failed. `NotFoundError`
+   * for an unknown trial.
    */
   failTrial(trialId: TrialId, message: string): void {
     if (typeof message !== 'string') throw new ValidationError('message', 'a string', message);
-    const info = this.sql.failTrial.run(message, trialId);
+    const info = this.sql.failTrial.run(clip(message, MAX_ERROR_CHARS), trialId);
     if (info.changes === 0) {
       throw new NotFoundError('trial', trialId, `${this.file} has no such trial`);
     }
@@ -483,8 +651,11 @@ export class StudyStore {
   }
 
   /**
-   * Records how an attempt ended. `NotFoundError` for an unknown attempt, `ConflictError`
-   * for one that ended already.
+   * Records how an attempt ended: its outcome, the worker's seconds by phase (summed in
+   * `status().attempts.phaseSeconds`), its error and detail, cut to `MAX_ERROR_CHARS` and
+   * `MAX_DETAIL_CHARS` with a note of how much was cut (a runaway error text must not
+   * bloat the store). `NotFoundError` for an unknown attempt, `ConflictError` for one that
+   * ended already.
    */
   finishAttempt(id: number, end: AttemptEnd): void {
     checkTime(end.endedAt, 'endedAt');
@@ -495,6 +666,8 @@ export class StudyStore {
         end.outcome,
       );
     }
+    checkOptionalText(end.error, 'error');
+    checkOptionalText(end.detail, 'detail');
     const seconds = end.seconds ?? {};
     for (const [k, v] of Object.entries(seconds)) {
       if (!Number.isFinite(v) || v < 0) {
@@ -515,8 +688,8 @@ export class StudyStore {
           end.endedAt,
           end.outcome,
           canonicalJson(seconds, 'seconds'),
-          end.error ?? null,
-          end.detail ?? null,
+          end.error === undefined ? null : clip(end.error, MAX_ERROR_CHARS),
+          end.detail === undefined ? null : clip(end.detail, MAX_DETAIL_CHARS),
           id,
         );
       })
@@ -529,7 +702,8 @@ export class StudyStore {
    */
   loseOpenAttempts(now: number, message: string): number {
     checkTime(now, 'now');
-    return this.sql.loseOpen.run(now, message).changes;
+    if (typeof message !== 'string') throw new ValidationError('message', 'a string', message);
+    return this.sql.loseOpen.run(now, clip(message, MAX_ERROR_CHARS)).changes;
   }
 
   /** Every attempt, in the order they started. */
@@ -550,7 +724,10 @@ export class StudyStore {
 
   // ------------------------------------------------------------------ status
 
-  /** What `stagetree status` prints: trials, the best metric, failures, attempts. */
+  /**
+   * What `stagetree status` prints: trials, the best metric, failures, attempts, the last
+   * run's problem and the live owner.
+   */
   status(): StudyStatus {
     return this.db
       .transaction((): StudyStatus => {
@@ -574,6 +751,7 @@ export class StudyStore {
         const phaseSeconds: Record<string, number> = {};
         let open = 0;
         const attempts = this.attempts();
+        const owner = this.owner();
         for (const a of attempts) {
           if (a.outcome === null || a.endedAt === null) {
             open++;
@@ -596,6 +774,8 @@ export class StudyStore {
           best,
           failed,
           attempts: { total: attempts.length, open, byOutcome, phaseSeconds },
+          problem: this.problem(),
+          owner: owner === null ? null : { pid: owner.pid, since: owner.since },
         };
       })
       .deferred();
@@ -619,6 +799,28 @@ function prepare(db: Database.Database) {
       'INSERT INTO study (id, name, json, created_at, updated_at) VALUES (1, ?, ?, ?, ?)',
     ),
     touchStudy: db.prepare('UPDATE study SET updated_at = ? WHERE id = 1'),
+    getStudyExtra: db.prepare('SELECT trainer_fingerprint, problem FROM study WHERE id = 1'),
+    setFingerprint: db.prepare('UPDATE study SET trainer_fingerprint = ? WHERE id = 1'),
+    setProblem: db.prepare('UPDATE study SET problem = ?, updated_at = ? WHERE id = 1'),
+    getOwner: db.prepare('SELECT pid, start, host, since, token FROM owner WHERE id = 1'),
+    setOwner: db.prepare(
+      `INSERT OR REPLACE INTO owner (id, pid, start, host, since, token)
+       VALUES (1, @pid, @start, @host, @since, @token)`,
+    ),
+    deleteOwner: db.prepare('DELETE FROM owner WHERE id = 1 AND token = ?'),
+    nextGeneration: db.prepare('SELECT coalesce(max(generation), 0) + 1 AS g FROM archived_events'),
+    archiveEvents: db.prepare(
+      `INSERT INTO archived_events (generation, seq, t, kind, json)
+       SELECT ?, seq, t, kind, json FROM events ORDER BY seq`,
+    ),
+    lastArchive: db.prepare(
+      `SELECT generation, seq, json FROM archived_events
+       WHERE generation = (SELECT max(generation) FROM archived_events) ORDER BY seq`,
+    ),
+    clearEvents: db.prepare('DELETE FROM events'),
+    clearTrials: db.prepare('DELETE FROM trials'),
+    clearMetrics: db.prepare('DELETE FROM metrics'),
+    clearStages: db.prepare('DELETE FROM stages'),
     insertEvent: db.prepare('INSERT INTO events (t, kind, json) VALUES (?, ?, ?)'),
     allEvents: db.prepare('SELECT seq, json FROM events ORDER BY seq'),
     countEvents: db.prepare('SELECT count(*) AS n FROM events'),
@@ -647,12 +849,19 @@ function prepare(db: Database.Database) {
     ),
     touchStage: db.prepare(
       `INSERT INTO stages (id, start, end, runs, last_task) VALUES (@id, @start, @end, 1, @task)
-       ON CONFLICT (id) DO UPDATE SET runs = runs + 1, last_task = coalesce(@task, last_task)`,
+       ON CONFLICT (id) DO UPDATE SET start = excluded.start, end = excluded.end,
+         runs = runs + 1, last_task = coalesce(@task, last_task)`,
+    ),
+    reuseStage: db.prepare(
+      `INSERT INTO stages (id, runs, done_at) VALUES (@id, 0, @t)
+       ON CONFLICT (id) DO UPDATE SET done_at = coalesce(done_at, excluded.done_at)`,
     ),
     stageDone: db.prepare(
       'UPDATE stages SET done_at = @t WHERE last_task = @task AND done_at IS NULL',
     ),
-    allStages: db.prepare('SELECT id, start, end, runs, done_at FROM stages ORDER BY start, id'),
+    allStages: db.prepare(
+      'SELECT id, start, end, runs, done_at FROM stages ORDER BY start IS NULL, start, id',
+    ),
     insertAttempt: db.prepare(
       'INSERT INTO attempts (task, worker, stage, started_at) VALUES (?, ?, ?, ?)',
     ),
@@ -709,6 +918,7 @@ const KIND_NAMES: Readonly<Record<LogEntry['kind'], true>> = {
   task: true,
   done: true,
   cancel: true,
+  reuse: true,
   metric: true,
   fail: true,
   lost: true,
@@ -735,6 +945,16 @@ function checkEntry(entry: LogEntry, where: string): void {
       throw new ValidationError(`${where}.${field}`, 'a non-empty string', value);
     }
   };
+  // A metric: any number, NaN and infinities included (a diverged trial is normal).
+  const num = (field: string, value: unknown) => {
+    if (typeof value !== 'number') {
+      throw new ValidationError(
+        `${where}.${field}`,
+        'a number (NaN and infinities allowed)',
+        value,
+      );
+    }
+  };
   switch (entry.kind) {
     case 'propose':
       str('trial', entry.trial);
@@ -756,9 +976,7 @@ function checkEntry(entry: LogEntry, where: string): void {
     case 'metric':
       str('trial', entry.trial);
       int('step', entry.step);
-      if (typeof entry.value !== 'number') {
-        throw new ValidationError(`${where}.value`, 'a number', entry.value);
-      }
+      num('value', entry.value);
       return;
     case 'trialFailed':
       str('trial', entry.trial);
@@ -767,6 +985,14 @@ function checkEntry(entry: LogEntry, where: string): void {
       }
       return;
     case 'done':
+      int('task', entry.task);
+      num('metric', entry.metric);
+      return;
+    case 'reuse':
+      str('stage', entry.stage);
+      checkCheckpointKey(entry.key, `${where}.key`);
+      num('metric', entry.metric);
+      return;
     case 'cancel':
     case 'fail':
       int('task', entry.task);
@@ -780,4 +1006,94 @@ function checkEntry(entry: LogEntry, where: string): void {
 
 function isSqliteError(e: unknown): e is Error & { code: string } {
   return e instanceof Database.SqliteError;
+}
+
+function checkOptionalText(text: unknown, what: string): void {
+  if (text !== undefined && typeof text !== 'string') {
+    throw new ValidationError(what, 'a string', text);
+  }
+}
+
+/**
+ * `text` cut to at most `limit` characters, ending with a note of how many were cut
+ * ("... [12345 more characters cut]"); unchanged when it fits. Never splits a surrogate
+ * pair.
+ */
+export function clip(text: string, limit: number): string {
+  if (text.length <= limit) return text;
+  const note = (n: number) => ` ... [${n} more characters cut]`;
+  let keep = Math.max(0, limit - note(text.length).length);
+  // Fewer characters cut can make a shorter note: keep as many as fit exactly.
+  while (keep < text.length && keep + 1 + note(text.length - keep - 1).length <= limit) keep++;
+  const last = text.charCodeAt(keep - 1);
+  if (last >= 0xd800 && last <= 0xdbff) keep--;
+  return text.slice(0, keep) + note(text.length - keep);
+}
+
+/**
+ * Checks, before SQLite sees it, that `file` can be a study store file, and creates its
+ * folder: an existing path must be a regular file (not a folder, not a device such as
+ * /dev/null, where SQLite would write `/dev/null-journal`).
+ */
+function prepareFile(file: string): void {
+  let stat: Stats | undefined;
+  try {
+    stat = statSync(file);
+  } catch (e) {
+    if (!isErrno(e, 'ENOENT')) throw toIoError(e, file, 'cannot use it as a study store');
+  }
+  if (stat?.isDirectory()) {
+    throw new IoError(file, 'is a folder, not a study store file; name a file (e.g. study.db)');
+  }
+  if (stat !== undefined && !stat.isFile()) {
+    throw new IoError(
+      file,
+      `is not a regular file (${fileKind(stat)}); name a study store file (e.g. study.db)`,
+    );
+  }
+  if (stat !== undefined) return;
+  try {
+    mkdirSync(dirname(file), { recursive: true });
+  } catch (e) {
+    throw toIoError(e, file, 'cannot create its folder');
+  }
+}
+
+function fileKind(stat: Stats): string {
+  if (stat.isCharacterDevice()) return 'a character device';
+  if (stat.isBlockDevice()) return 'a block device';
+  if (stat.isFIFO()) return 'a named pipe';
+  if (stat.isSocket()) return 'a socket';
+  return 'not a file';
+}
+
+/** What SQLite's result codes mean for the user. */
+const SQLITE_PROBLEMS: Readonly<Record<string, string>> = {
+  SQLITE_CANTOPEN: 'cannot open the file (is its folder writable?)',
+  SQLITE_READONLY: 'the file or its folder is read-only; make them writable',
+  SQLITE_FULL: 'the disk is full; free some space',
+  SQLITE_PERM: 'permission denied; make the file and its folder writable',
+  SQLITE_BUSY: 'another process holds the file locked; try again',
+};
+
+/**
+ * An error from opening a store, as the store reports it: stagetree's own errors as they
+ * are; a file that is not SQLite or is damaged a `ConflictError`; every other SQLite or
+ * file-system error an `IoError` naming the file.
+ */
+function storeError(e: unknown, file: string): unknown {
+  if (e instanceof StagetreeError) return e;
+  if (isSqliteError(e)) {
+    if (e.code === 'SQLITE_NOTADB' || e.code === 'SQLITE_CORRUPT') {
+      return new ConflictError(`${file} is not a stagetree study store (${e.message})`);
+    }
+    const base = e.code.replace(/^(SQLITE_[A-Z]+).*$/, '$1');
+    const hint = SQLITE_PROBLEMS[base];
+    return new IoError(
+      file,
+      `cannot use it as a study store: ${e.code}: ${e.message}${hint ? `; ${hint}` : ''}`,
+      { cause: e },
+    );
+  }
+  return toIoError(e, file, 'cannot use it as a study store');
 }

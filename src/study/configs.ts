@@ -11,6 +11,7 @@ import {
   type CompiledStudy,
   type Path,
 } from './domain.js';
+import { STUDY_LIMITS } from './limits.js';
 import { createRng } from './rng.js';
 import type { Rng } from './rng.js';
 import type { JsonValue, Study } from './types.js';
@@ -165,11 +166,13 @@ export function sampleConfig(study: Study, rng: Rng, index: number): TrialConfig
  * loguniform in [lo, hi], int uniformly in [lo, hi] inclusive. Each trial samples params
  * and then each hyperparameter, depth-first in key order, so the same seed gives the
  * same configurations and asking for more trials extends the list. Throws a
- * `ValidationError` if a sampled schedule is invalid.
+ * `ValidationError` if a sampled schedule is invalid, and for more trials than
+ * `STUDY_LIMITS.maxTrials` (before sampling any).
  */
 export function randomConfigs(study: Study, trials: number, seed: number): TrialConfig[] {
-  if (!Number.isSafeInteger(trials) || trials < 0) {
-    throw new ValidationError('trials', 'an integer >= 0', trials);
+  const max = STUDY_LIMITS.maxTrials;
+  if (!Number.isSafeInteger(trials) || trials < 0 || trials > max) {
+    throw new ValidationError('trials', `an integer from 0 to ${max}`, trials);
   }
   const rng = createRng(seed);
   const sampler = new Sampler(study);

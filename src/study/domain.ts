@@ -1,4 +1,5 @@
 import { ValidationError } from '../errors.js';
+import { STUDY_LIMITS } from './limits.js';
 import type { Rng } from './rng.js';
 import { DOMAIN_KINDS } from './types.js';
 import type { DomainKind, JsonValue } from './types.js';
@@ -33,8 +34,8 @@ export type TemplateNode =
       readonly raw: JsonValue;
     };
 
-/** The most configurations `gridConfigs` will enumerate. */
-export const MAX_GRID_CONFIGS = 10_000_000;
+/** The most configurations `gridConfigs` will enumerate: the trial limit of a study. */
+export const MAX_GRID_CONFIGS: number = STUDY_LIMITS.maxTrials;
 
 function isPlainObject(x: unknown): x is Record<string, unknown> {
   if (typeof x !== 'object' || x === null || Array.isArray(x)) return false;
@@ -117,6 +118,13 @@ function compileDomain(kind: DomainKind, obj: Record<string, unknown>, at: Path)
   if (kind === 'choice') {
     if (!Array.isArray(body) || body.length === 0) {
       throw new ValidationError(path, 'a non-empty array of options', body);
+    }
+    if (body.length > STUDY_LIMITS.maxChoiceOptions) {
+      throw new ValidationError(
+        path,
+        `a choice of at most ${STUDY_LIMITS.maxChoiceOptions} options`,
+        body.length,
+      );
     }
     const options: TemplateNode[] = [];
     for (let i = 0; i < body.length; i++) options.push(compileTemplate(body[i], [...path, i]));
@@ -339,15 +347,16 @@ export function templateValue(node: TemplateNode): JsonValue {
 
 /**
  * The number of configurations a grid over the whole study enumerates (params, then each
- * hyperparameter); throws if it exceeds `MAX_GRID_CONFIGS` or a domain is continuous.
+ * hyperparameter), counted without expanding anything; throws if it exceeds
+ * `MAX_GRID_CONFIGS` or a domain is continuous.
  */
 export function checkedGridSize(c: CompiledStudy): number {
   const total = c.space.reduce((n, node) => n * gridCount(node), gridCount(c.params));
   if (total > MAX_GRID_CONFIGS) {
     throw new ValidationError(
       'space',
-      `a grid of at most ${MAX_GRID_CONFIGS} configurations ` +
-        '(params and space multiply out to more: use fewer choices or the random tuner)',
+      `a grid of at most ${MAX_GRID_CONFIGS} configurations (the trial limit; ` +
+        'params and space multiply out to more: use fewer choices or the random tuner)',
       total,
     );
   }

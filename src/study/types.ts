@@ -170,6 +170,11 @@ export interface NodeTrainerSpec {
   readonly module: string;
   /** Default "default". */
   readonly export: string;
+  /**
+   * The trainer code's version as the user declares it (1 to 200 characters): when
+   * given it identifies the trainer instead of a hash of the module file. Default null.
+   */
+  readonly version: string | null;
 }
 
 /** A Python trainer: `module:Class` importable from `path` (relative to the study file). */
@@ -180,6 +185,8 @@ export interface PythonTrainerSpec {
   readonly path: readonly string[];
   /** The interpreter. Default "/usr/bin/python3". */
   readonly python: string;
+  /** As for a node trainer: the declared version of the trainer code, or null. */
+  readonly version: string | null;
 }
 
 export type TrainerSpec = SimTrainerSpec | NodeTrainerSpec | PythonTrainerSpec;
@@ -196,9 +203,15 @@ export interface ByHyperparameter {
 
 /** What a stage's trainer needs and what the cluster has. */
 export interface ResourcesSpec {
-  /** GPU share of a stage: a number (0.5 = two trainers per GPU) or by a hyperparameter. */
+  /**
+   * GPU share of a stage: a number (0.5 = two trainers per GPU) or by a hyperparameter.
+   * Every share is in (0, 1], or every share is 0: a CPU-only study (`Study.cpuOnly`).
+   */
   readonly gpus: number | ByHyperparameter;
-  /** GPUs in the cluster. Default: enough for `workers` trainers of the default share. */
+  /**
+   * GPUs in the cluster. Default: enough for `workers` trainers of the default share.
+   * 0 exactly when the study is CPU-only (it claims no GPU).
+   */
   readonly cluster: number;
 }
 
@@ -207,6 +220,7 @@ export interface ResourcesSpec {
  * `gridConfigs` / `randomConfigs` resolve them into trial configurations.
  */
 export interface Study {
+  /** 1 to 100 characters from [A-Za-z0-9._-], not starting with ".": safe in a file name. */
   readonly name: string;
   /** Static params (model, dataset, seed, ...): part of the merge key. Default `{}`. */
   readonly params: { readonly [key: string]: JsonValue };
@@ -232,15 +246,29 @@ export interface Study {
    * (every other checkpoint is deleted). Default true.
    */
   readonly keepBest: boolean;
+  /**
+   * Seconds one task may run on a worker before it counts as failed; null: automatic
+   * (the engine derives it from measured step times, with a floor). Default null.
+   */
+  readonly taskTimeout: number | null;
+  /**
+   * Derived: the GPU share is 0 everywhere (`resources.gpus` is 0, or a table of zeros),
+   * so no stage claims a GPU and `resources.cluster` is 0.
+   */
+  readonly cpuOnly: boolean;
 }
 
-/** The number a `ByHyperparameter` (or a plain number) gives for these values. */
+/**
+ * The number a `ByHyperparameter` (or a plain number) gives for these values. Only own
+ * entries count: a value such as "constructor" or "__proto__" is looked up as data.
+ */
 export function lookupBy(
   spec: number | ByHyperparameter,
   values: Readonly<Record<string, unknown>>,
 ): number {
   if (typeof spec === 'number') return spec;
-  const v = values[spec.by];
+  const v = Object.hasOwn(values, spec.by) ? values[spec.by] : undefined;
   if (typeof v !== 'number' && typeof v !== 'string') return spec.default;
-  return spec.values[String(v)] ?? spec.default;
+  const key = String(v);
+  return Object.hasOwn(spec.values, key) ? (spec.values[key] as number) : spec.default;
 }

@@ -1,4 +1,4 @@
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -108,5 +108,49 @@ describe('stagetree simulate', () => {
     expect(r.code).toBe(0);
     expect(r.out).toMatch(/savings \d\.\d\dx GPU-hours \(ideal 2\.02x\)/);
     expect(r.out).toContain('best: t');
+  });
+});
+
+describe('every user-facing failure: `error CODE: message`, a non-zero exit, no stack', () => {
+  const example = 'examples/quadratic-node.json';
+
+  it('reads a study file that starts with a UTF-8 byte order mark', async () => {
+    const text = readFileSync(example, 'utf8');
+    const p = file('bom.json', '\uFEFF' + text);
+    const r = await run('plan', p, '--json');
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.out)).toMatchObject({ trials: 4 });
+  });
+
+  it('names --checkpoints when it is a file, and --db when it is not a study store file', async () => {
+    const notDir = file('not-a-folder', 'x');
+    const a = await run('run', example, '--db', join(dir, 'a.db'), '--checkpoints', notDir);
+    expect(a.code).toBe(1);
+    expect(a.err).toMatch(new RegExp(`^error STAGETREE_IO: ${notDir}: .+\\n$`));
+    const b = await run('run', example, '--db', '/dev/null', '--checkpoints', join(dir, 'ck'));
+    expect(b.code).toBe(1);
+    expect(b.err).toMatch(/^error STAGETREE_IO: \/dev\/null: .*not a regular file.*\n$/);
+    const c = await run('run', example, '--db', dir, '--checkpoints', join(dir, 'ck'));
+    expect(c.code).toBe(1);
+    expect(c.err).toMatch(new RegExp(`^error STAGETREE_IO: ${dir}: is a directory`));
+    for (const r of [a, b, c]) expect(r.err).not.toMatch(/\n\s+at /);
+  });
+
+  it('rejects a 300-character study name at its field', async () => {
+    const text = readFileSync(example, 'utf8');
+    const study = JSON.parse(text) as Record<string, unknown>;
+    const p = file('long-name.json', JSON.stringify({ ...study, name: 'n'.repeat(300) }));
+    const r = await run('plan', p);
+    expect(r.code).toBe(1);
+    expect(r.err).toMatch(new RegExp(`^error STAGETREE_VALIDATION: ${p}: name: expected .+\\n$`));
+  });
+
+  it('shows the stack only with --debug', async () => {
+    const r = await run('--debug', 'plan', 'does-not-exist.json');
+    expect(r.code).toBe(1);
+    expect(r.err).toMatch(
+      /^StudyFileError: does-not-exist.json: cannot read the study file \(ENOENT\)\n\s+at /,
+    );
+    expect(r.err).toMatch(/\nerror STAGETREE_VALIDATION: does-not-exist.json: cannot read/);
   });
 });

@@ -1,79 +1,30 @@
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { runStudy } from '../../src/cli/run.js';
 import { ExecutionMode } from '../../src/engine/index.js';
-import { gridConfigs, parseStudy } from '../../src/study/index.js';
-import type { Study } from '../../src/study/index.js';
 import { QuadraticTrainer } from '../../src/trainer/index.js';
-import { reportSteps } from '../../src/tuner/index.js';
 import {
+  alone,
   fromStore,
-  quadraticAlone,
   quiet,
+  setup,
   stepsTrained,
   storedLog,
   storedMetrics,
+  studyJson,
+  TRAINER,
 } from '../support/real-run.js';
 
 /**
- * Real execution end to end: the engine's gRPC hub on 127.0.0.1, worker processes
+ * Real execution end to end: the engine's gRPC hub (an owner-only Unix socket), worker processes
  * (dist/cli/worker.js) running the deterministic QuadraticTrainer, a SQLite store and
  * checkpoint files. Every trial's metrics must be bit-identical to training it alone
  * from scratch, whatever is killed or corrupted on the way.
  */
 
 const ROOT = resolve(import.meta.dirname, '../..');
-const TRAINER = join(ROOT, 'dist', 'trainer', 'quadratic.js');
-
-function studyJson(
-  overrides: Record<string, unknown> = {},
-  params: Record<string, unknown> = {},
-): Record<string, unknown> {
-  return {
-    name: 'quadratic',
-    params: { seed: 1, ...params },
-    space: {
-      lr: {
-        kind: 'multistep',
-        init: { choice: [0.02, 0.05] },
-        factor: 0.1,
-        milestones: [{ choice: [10, 15] }],
-      },
-      momentum: 0.9,
-    },
-    steps: 20,
-    evalEvery: 5,
-    tuner: { kind: 'grid' },
-    metric: { name: 'loss', mode: 'min' },
-    trainer: { kind: 'node', module: TRAINER, export: 'QuadraticTrainer' },
-    workers: 2,
-    ...overrides,
-  };
-}
-
-function setup(json: Record<string, unknown>): { file: string; study: Study; dir: string } {
-  const dir = mkdtempSync(join(tmpdir(), 'stagetree-run-'));
-  const file = join(dir, 'study.json');
-  writeFileSync(file, JSON.stringify(json));
-  return { file, study: parseStudy(json), dir };
-}
-
-/** Every trial's metric at every report step when it trains alone from scratch, in-process. */
-async function alone(study: Study): Promise<Map<string, number>> {
-  const out = new Map<string, number>();
-  for (const cfg of gridConfigs(study)) {
-    for (const r of reportSteps(study)) {
-      out.set(
-        `t${cfg.index + 1}@${r}`,
-        await quadraticAlone({ params: cfg.params, schedules: cfg.canonical }, r),
-      );
-    }
-  }
-  return out;
-}
 
 const log = storedLog;
 

@@ -1,24 +1,45 @@
+import { spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import {
+  chmodSync,
   mkdirSync,
   readdirSync,
   readFileSync,
+  renameSync,
+  rmSync,
   statSync,
   truncateSync,
   writeFileSync,
 } from 'node:fs';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
-import { ErrorCode, NotFoundError, ValidationError } from '../../src/errors.js';
+import { ErrorCode, IoError, NotFoundError, ValidationError } from '../../src/errors.js';
 import {
   CheckpointStore,
   CorruptCheckpointError,
   CHECKPOINT_HEADER_BYTES,
+  checkpointDigest,
+  decodeCheckpoint,
+  encodeCheckpoint,
 } from '../../src/store/index.js';
 import { useTempDirs } from './helpers.js';
+import { tryReadOnly } from './read-only.js';
+import type { ReadOnlyOutcomes } from './read-only.js';
 
 const tempDir = useTempDirs();
 const KEY = 'KRabc_DEF-0123456789xy';
+const isRoot = process.getuid?.() === 0;
+const hasPython = spawnSync('python3', ['--version']).status === 0;
+
+/** A checkpoint file's bytes, built here independently of the store's encoder. */
+function fileBytes(key: string, payload: Buffer): Buffer {
+  const digest = createHash('sha256')
+    .update(Buffer.from(`stagetree checkpoint\0${key}\0`, 'ascii'))
+    .update(payload)
+    .digest();
+  return Buffer.concat([Buffer.from('STCKPT02', 'ascii'), digest, payload]);
+}
 
 function corruptError(fn: () => unknown): CorruptCheckpointError {
   try {
@@ -31,7 +52,7 @@ function corruptError(fn: () => unknown): CorruptCheckpointError {
 }
 
 describe('CheckpointStore', () => {
-  it('writes the documented format: magic, SHA-256 of the payload, payload', () => {
+  it('writes the documented format: magic, SHA-256 of prefix, key and payload, payload', () => {
     const dir = join(tempDir(), 'ckpt'); // created on demand
     const store = new CheckpointStore(dir);
     const payload = Buffer.from('model and optimizer state');
@@ -41,8 +62,10 @@ describe('CheckpointStore', () => {
     const bytes = readFileSync(file);
     // Built here independently of the store's encoder: what the Python runtime writes.
     const expected = Buffer.concat([
-      Buffer.from('STCKPT01', 'ascii'),
-      createHash('sha256').update(payload).digest(),
+      Buffer.from('STCKPT02', 'ascii'),
+      createHash('sha256')
+        .update(Buffer.concat([Buffer.from(`stagetree checkpoint\0${KEY}\0`, 'ascii'), payload]))
+        .digest(),
       payload,
     ]);
     expect(bytes.equals(expected)).toBe(true);
@@ -54,10 +77,7 @@ describe('CheckpointStore', () => {
     const dir = tempDir();
     const store = new CheckpointStore(dir);
     const big = randomBytes(3 * 1024 * 1024 + 17); // more than one verify chunk
-    writeFileSync(
-      join(dir, 'Kbig.ckpt'),
-      Buffer.concat([Buffer.from('STCKPT01'), createHash('sha256').update(big).digest(), big]),
-    );
+    writeFileSync(join(dir, 'Kbig.ckpt'), fileBytes('Kbig', big));
     expect(store.verify('Kbig')).toBe('ok');
     expect(store.get('Kbig').equals(big)).toBe(true);
     store.put('Kempty', new Uint8Array(0));
@@ -134,12 +154,29 @@ describe('CheckpointStore', () => {
 
     it('the wrong magic', () => {
       const { store, file, bytes } = setup();
-      bytes.write('STCKPT02', 0, 'ascii');
+      bytes.write('STCKPT03', 0, 'ascii');
       writeFileSync(file, bytes);
       expect(store.verify(KEY)).toBe('corrupt');
       expect(corruptError(() => store.get(KEY)).problem).toBe(
-        'bad magic: expected "STCKPT01", got "STCKPT02"',
+        'bad magic: expected "STCKPT02", got "STCKPT03"',
       );
+    });
+
+    it('a file of the old format 1 (magic STCKPT01, digest of the payload alone)', () => {
+      const { store, file } = setup();
+      const payload = Buffer.from('state of format 1');
+      writeFileSync(
+        file,
+        Buffer.concat([
+          Buffer.from('STCKPT01', 'ascii'),
+          createHash('sha256').update(payload).digest(),
+          payload,
+        ]),
+      );
+      expect(store.verify(KEY)).toBe('corrupt');
+      const e = corruptError(() => store.get(KEY));
+      expect(e.problem).toMatch(/^old checkpoint format STCKPT01 .*it will be re-computed$/);
+      expect(e.message).toContain(file);
     });
   });
 
@@ -228,3 +265,199 @@ describe('CheckpointStore', () => {
     expect(store.bytes()).toBe(0);
   });
 });
+
+describe('checkpoint format 2: the digest binds the content to its key', () => {
+  it('matches the test vector the Python runtime checks too', () => {
+    // key "Kabc", payload "hello": digest = SHA-256("stagetree checkpoint\0Kabc\0hello").
+    const expected = Buffer.from(
+      '5354434b50543032' + // "STCKPT02"
+        '45d0d11fdd0387b1d2d5c851538302cc23d93d59414d5acf117fc7843c0caefb' +
+        '68656c6c6f', // "hello"
+      'hex',
+    );
+    const digest = createHash('sha256').update('stagetree checkpoint\0Kabc\0hello').digest('hex');
+    expect(expected.subarray(8, 40).toString('hex')).toBe(digest);
+    expect(checkpointDigest('Kabc', Buffer.from('hello')).toString('hex')).toBe(digest);
+    expect(encodeCheckpoint('Kabc', Buffer.from('hello')).equals(expected)).toBe(true);
+    expect(decodeCheckpoint(expected, 'x.ckpt', 'Kabc').toString()).toBe('hello');
+
+    const store = new CheckpointStore(tempDir());
+    store.put('Kabc', Buffer.from('hello'));
+    expect(readFileSync(store.fileOf('Kabc')).equals(expected)).toBe(true);
+    expect(store.get('Kabc').toString()).toBe('hello');
+  });
+
+  it('two valid files swapped between a kill and a resume: both read as corrupt', () => {
+    const dir = tempDir();
+    const store = new CheckpointStore(dir);
+    store.put('Ka', Buffer.from('state after stage a'));
+    store.put('Kb', Buffer.from('state after stage b'));
+    store.put('Kc', Buffer.from('untouched'));
+    renameSync(store.fileOf('Ka'), join(dir, 'swap'));
+    renameSync(store.fileOf('Kb'), store.fileOf('Ka'));
+    renameSync(join(dir, 'swap'), store.fileOf('Kb'));
+
+    for (const key of ['Ka', 'Kb']) {
+      expect(store.verify(key)).toBe('corrupt');
+      const e = corruptError(() => store.get(key));
+      expect(e.file).toBe(store.fileOf(key));
+      expect(e.problem).toMatch(/^checksum mismatch: /);
+      expect(e.problem).toContain(`under key ${key}`);
+      expect(e.problem).toContain('its content does not belong to this key');
+    }
+    // Each still reads under the key it was written for; a correct file reads back.
+    expect(decodeCheckpoint(readFileSync(store.fileOf('Kb')), 'f', 'Ka').toString()).toBe(
+      'state after stage a',
+    );
+    expect(store.verify('Kc')).toBe('ok');
+    expect(store.get('Kc').toString()).toBe('untouched');
+    expect(() => decodeCheckpoint(readFileSync(store.fileOf('Kc')), 'f', 'Kd')).toThrow(
+      CorruptCheckpointError,
+    );
+  });
+
+  it.skipIf(!hasPython)(
+    "is byte for byte the Python runtime's (python/stagetree/checkpoints.py)",
+    () => {
+      const dir = tempDir();
+      const store = new CheckpointStore(dir);
+      store.put('KfromTs', Buffer.from('written by TypeScript'));
+      const script = `
+import sys
+sys.path.insert(0, sys.argv[1])
+from stagetree.checkpoints import read_checkpoint, write_checkpoint, encode
+d = sys.argv[2]
+assert read_checkpoint(d, "KfromTs") == b"written by TypeScript"
+assert encode("Kabc", b"hello").hex() == sys.argv[3]
+write_checkpoint(d, "KfromPy", b"written by Python")
+`;
+      const r = spawnSync(
+        'python3',
+        [
+          '-c',
+          script,
+          fileURLToPath(new URL('../../python', import.meta.url)),
+          dir,
+          encodeCheckpoint('Kabc', Buffer.from('hello')).toString('hex'),
+        ],
+        { encoding: 'utf8' },
+      );
+      expect(r.stderr).toBe('');
+      expect(r.status).toBe(0);
+      expect(store.get('KfromPy').toString()).toBe('written by Python');
+    },
+  );
+});
+
+describe('CheckpointStore: folders it cannot write', () => {
+  it('a file in the way: an IoError naming the folder, never ENOTDIR or EEXIST', () => {
+    const dir = tempDir();
+    const blocker = join(dir, 'a-file');
+    writeFileSync(blocker, 'not a folder');
+    const under = ioError(() => new CheckpointStore(join(blocker, 'ckpt')));
+    expect(under.path).toBe(join(blocker, 'ckpt'));
+    expect(under.message).toContain('ENOTDIR');
+
+    // The folder replaced by a file after the store was made (as root too, this fails).
+    const ckpt = join(dir, 'ckpt');
+    const store = new CheckpointStore(ckpt);
+    store.put('Ka', Buffer.from('x'));
+    rmSync(ckpt, { recursive: true });
+    writeFileSync(ckpt, 'in the way');
+    const w = ioError(() => {
+      store.checkWritable();
+    });
+    expect(w.path).toBe(ckpt);
+    expect(w.message).toBe(
+      `${ckpt}: cannot create the checkpoint folder: EEXIST: a file is in the way where a folder should be`,
+    );
+    const d = ioError(() => store.delete('Ka'));
+    expect(d.message).toBe(
+      `${ckpt}: cannot delete checkpoint Ka.ckpt: ENOTDIR: a file is in the way: a part of the path is a file, not a folder`,
+    );
+    expect(ioError(() => store.collect(new Set())).message).toContain(
+      'cannot list the checkpoint folder: ENOTDIR',
+    );
+    expect(ioError(() => store.put('Kb', Buffer.from('y'))).message).toContain(
+      'cannot write checkpoint Kb.ckpt: ENOTDIR',
+    );
+
+    // A folder name too long for the file system.
+    const long = join(dir, 'c'.repeat(300));
+    expect(ioError(() => new CheckpointStore(long)).message).toContain('ENAMETOOLONG');
+  });
+
+  it('checkWritable creates a missing folder and leaves nothing behind', () => {
+    const dir = join(tempDir(), 'new', 'ckpt');
+    const store = new CheckpointStore(dir);
+    rmSync(dir, { recursive: true });
+    store.checkWritable();
+    expect(readdirSync(dir)).toEqual([]);
+  });
+
+  it('a read-only folder: delete, collect and checkWritable throw IoError (EACCES)', () => {
+    const dir = tempDir();
+    const ckpt = join(dir, 'ckpt');
+    const store = new CheckpointStore(ckpt);
+    store.put('Ka', Buffer.from('state'));
+    writeFileSync(join(ckpt, '.tmp-Kb-1-000000000000'), 'crash leftover');
+    chmodSync(ckpt, 0o555);
+    // Permissions do not stop root: then the same calls run as the unprivileged `nobody`.
+    let outcomes: ReadOnlyOutcomes | null;
+    try {
+      outcomes = isRoot ? asNobody(dir, ckpt) : tryReadOnly(ckpt);
+    } finally {
+      chmodSync(ckpt, 0o755);
+    }
+    const ran = ['setup'];
+    if (outcomes === null) {
+      console.warn('checkpoint permission checks skipped: running as root, cannot run as nobody');
+    } else {
+      for (const [op, o] of Object.entries(outcomes)) {
+        expect(o, op).toMatchObject({ ok: false, name: 'IoError', code: 'STAGETREE_IO' });
+        expect((o as { message: string }).message, op).toMatch(
+          new RegExp(`^${ckpt}: .*: EACCES: permission denied; make the folder writable$`),
+        );
+      }
+      expect((outcomes.delete as { message: string }).message).toContain(
+        'cannot delete checkpoint Ka.ckpt',
+      );
+      ran.push(isRoot ? 'permission checks as nobody' : 'permission checks');
+    }
+    expect(store.get('Ka').toString()).toBe('state'); // nothing was deleted
+    // Counted: what ran (only 'setup' where permissions cannot be tested).
+    expect(ran).toEqual(
+      outcomes === null
+        ? ['setup']
+        : ['setup', isRoot ? 'permission checks as nobody' : 'permission checks'],
+    );
+  });
+});
+
+/** Runs `read-only.ts` on `ckpt` as user `nobody`, or null where that is impossible. */
+function asNobody(parent: string, ckpt: string): ReadOnlyOutcomes | null {
+  chmodSync(parent, 0o755); // mkdtemp made it 0700
+  const child = fileURLToPath(new URL('./read-only.ts', import.meta.url));
+  const r = spawnSync(process.execPath, ['--import', 'tsx', child, ckpt], {
+    cwd: fileURLToPath(new URL('../..', import.meta.url)),
+    uid: 65534,
+    gid: 65534,
+    encoding: 'utf8',
+    env: { ...process.env, HOME: parent },
+  });
+  if (r.error || r.status !== 0) {
+    console.warn(`cannot run as nobody: ${r.error?.message ?? r.stderr}`);
+    return null;
+  }
+  return JSON.parse(r.stdout) as ReadOnlyOutcomes;
+}
+
+function ioError(fn: () => unknown): IoError {
+  try {
+    fn();
+  } catch (e) {
+    expect(e).toBeInstanceOf(IoError);
+    return e as IoError;
+  }
+  throw new Error('expected an IoError');
+}

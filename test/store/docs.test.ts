@@ -20,7 +20,9 @@ function schemaOf(db: Database.Database): unknown[] {
     .all()
     .map((r) => {
       const row = r as { sql: string | null };
-      return { ...row, sql: row.sql?.replace(/\s+/g, ' ') ?? null };
+      // Spacing aside (ALTER TABLE ... ADD COLUMN writes " , col" into the stored SQL).
+      const sql = row.sql?.replace(/\s+/g, ' ').replace(/ ?([(),]) ?/g, '$1') ?? null;
+      return { ...row, sql };
     });
 }
 
@@ -48,9 +50,19 @@ describe('docs/store.md', () => {
       script,
       `${block('python')}
 
+import shutil
 import sys
 d = sys.argv[1]
 assert read_checkpoint(d, "KfromTs") == bytes.fromhex(sys.argv[2])
+# Another key's valid file under this name is corrupt: the digest binds content to key.
+other = os.path.join(d, "Kother.ckpt")
+shutil.copyfile(os.path.join(d, "KfromTs.ckpt"), other)
+try:
+    read_checkpoint(d, "Kother")
+    raise SystemExit("read another key's file")
+except ValueError as e:
+    assert "checksum mismatch" in str(e), e
+os.remove(other)
 write_checkpoint(d, "KfromPy", bytes(range(256)) * 3)
 write_checkpoint(d, "Kempty", b"")
 `,

@@ -1,13 +1,25 @@
 import { spawn } from 'node:child_process';
-import { existsSync, writeFileSync } from 'node:fs';
+import { existsSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
 import { describe, expect, it } from 'vitest';
 import { ExecutionMode, replay } from '../../src/engine/index.js';
 import type { LogEntry } from '../../src/engine/index.js';
-import { ConflictError, ErrorCode, NotFoundError, ValidationError } from '../../src/errors.js';
-import { MIGRATIONS, StudyStore } from '../../src/store/index.js';
+import {
+  ConflictError,
+  ErrorCode,
+  IoError,
+  NotFoundError,
+  StagetreeError,
+  ValidationError,
+} from '../../src/errors.js';
+import {
+  MAX_DETAIL_CHARS,
+  MAX_ERROR_CHARS,
+  MIGRATIONS,
+  StudyStore,
+} from '../../src/store/index.js';
 import { parseStudy } from '../../src/study/index.js';
 import type { Study } from '../../src/study/index.js';
 import { createTuner } from '../../src/tuner/index.js';
@@ -66,7 +78,16 @@ describe('StudyStore: file and schema', () => {
       .prepare(`SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name`)
       .pluck()
       .all();
-    expect(tables).toEqual(['attempts', 'events', 'metrics', 'stages', 'study', 'trials']);
+    expect(tables).toEqual([
+      'archived_events',
+      'attempts',
+      'events',
+      'metrics',
+      'owner',
+      'stages',
+      'study',
+      'trials',
+    ]);
     db.close();
   });
 
@@ -443,6 +464,8 @@ describe('StudyStore: attempts and status', () => {
         },
         phaseSeconds: { start: 5, train: 6, save: 0.5 },
       },
+      problem: null,
+      owner: null,
     });
     expect(JSON.parse(JSON.stringify(status))).toEqual(status);
     expect(again.attempts()[2]).toEqual({
@@ -464,5 +487,342 @@ describe('StudyStore: attempts and status', () => {
     const store = StudyStore.open(storeFile());
     expect(() => store.status()).toThrow(NotFoundError);
     store.close();
+  });
+});
+
+/** A `task` entry that trains `runs` (stage, start, end). */
+function taskEntry(t: number, id: number, runs: [string, number, number][]): LogEntry {
+  return {
+    t,
+    kind: 'task',
+    task: {
+      id,
+      worker: 'w0',
+      gpu: 0,
+      startProcess: false,
+      saveFirst: null,
+      restore: { from: 'init' },
+      runs: runs.map(([stage, start, end]) => ({ stage, start, end, params: {}, schedules: {} })),
+      saveAfter: `K${runs[runs.length - 1]?.[0] ?? 'x'}`,
+      endKey: `K${runs[runs.length - 1]?.[0] ?? 'x'}`,
+      share: 1,
+    },
+  };
+}
+
+describe('StudyStore.open: paths that cannot be a store', () => {
+  const refused = (path: string): IoError => {
+    const e = caught(() => StudyStore.open(path));
+    expect(e).toBeInstanceOf(StagetreeError);
+    expect(e).toBeInstanceOf(IoError);
+    expect(e).not.toBeInstanceOf(Database.SqliteError);
+    expect((e as IoError).path).toBe(path);
+    expect((e as Error).message.startsWith(`${path}: `)).toBe(true);
+    return e as IoError;
+  };
+
+  it('/dev/null: not a regular file, and no /dev/null-journal is made', () => {
+    const journal = existsSync('/dev/null-journal');
+    expect(refused('/dev/null').message).toBe(
+      '/dev/null: is not a regular file (a character device); name a study store file (e.g. study.db)',
+    );
+    expect(existsSync('/dev/null-journal')).toBe(journal);
+  });
+
+  it('a folder', () => {
+    const dir = tempDir();
+    expect(refused(dir).message).toBe(
+      `${dir}: is a folder, not a study store file; name a file (e.g. study.db)`,
+    );
+  });
+
+  it('a path under a regular file', () => {
+    const file = join(tempDir(), 'plain.txt');
+    writeFileSync(file, 'a file, not a folder');
+    const path = join(file, 'study.db');
+    expect(refused(path).message).toBe(
+      `${path}: cannot use it as a study store: ENOTDIR: a file is in the way: a part of the path is a file, not a folder`,
+    );
+    const deeper = join(file, 'sub', 'study.db');
+    expect(refused(deeper).message).toContain('ENOTDIR');
+  });
+
+  it('a file name of 300 characters', () => {
+    const path = join(tempDir(), `${'s'.repeat(297)}.db`);
+    expect(refused(path).message).toBe(
+      `${path}: cannot use it as a study store: ENAMETOOLONG: a name in the path is too long (at most 255 bytes)`,
+    );
+  });
+});
+
+describe('StudyStore: schema version 3', () => {
+  it('migrates a version 2 file, keeping its stages', () => {
+    const file = storeFile();
+    const db = new Database(file);
+    db.exec(MIGRATIONS[0] as string);
+    db.exec(MIGRATIONS[1] as string);
+    db.pragma('user_version = 2');
+    db.exec(`INSERT INTO study VALUES (1, 's', '{"metric":{"mode":"min","name":"loss"}}', 1, 2)`);
+    db.exec(`INSERT INTO stages VALUES ('S1', 0, 10, 1, 7, 3.5)`);
+    db.close();
+    const store = StudyStore.open(file);
+    expect(store.stages()).toEqual([{ id: 'S1', start: 0, end: 10, runs: 1, doneAt: 3.5 }]);
+    expect(store.trainerFingerprint()).toBeNull();
+    expect(store.status().problem).toBeNull();
+    store.acquire(5);
+    store.close();
+    const raw = new Database(file, { readonly: true });
+    expect(raw.pragma('user_version', { simple: true })).toBe(3);
+    raw.close();
+  });
+});
+
+describe('StudyStore: reuse entries', () => {
+  it('mark a stage done without training it, and round-trip with any metric', () => {
+    const file = storeFile();
+    const store = minStore(file);
+    const log: LogEntry[] = [
+      taskEntry(1, 1, [
+        ['S1', 0, 10],
+        ['S2', 10, 20],
+      ]),
+      { t: 2, kind: 'reuse', stage: 'S2', key: 'KS2', metric: 0.5 },
+      { t: 3, kind: 'reuse', stage: 'S9', key: 'KS9', metric: Number.NaN },
+      { t: 4, kind: 'done', task: 1, metric: 0.4 },
+      { t: 5, kind: 'reuse', stage: 'S8', key: 'KS8', metric: Number.POSITIVE_INFINITY },
+      { t: 6, kind: 'reuse', stage: 'S7', key: 'KS7', metric: Number.NEGATIVE_INFINITY },
+      { t: 7, kind: 'reuse', stage: 'S9', key: 'KS9', metric: 1 }, // done already: stays 3
+      taskEntry(8, 2, [['S9', 20, 30]]), // a reused stage trained after all: its range
+    ];
+    store.append(log);
+    store.close();
+    const again = StudyStore.open(file);
+    expect(again.events()).toEqual(log);
+    expect(again.stages()).toEqual([
+      { id: 'S1', start: 0, end: 10, runs: 1, doneAt: null },
+      { id: 'S2', start: 10, end: 20, runs: 1, doneAt: 2 },
+      { id: 'S9', start: 20, end: 30, runs: 1, doneAt: 3 },
+      { id: 'S7', start: null, end: null, runs: 0, doneAt: 6 },
+      { id: 'S8', start: null, end: null, runs: 0, doneAt: 5 },
+    ]);
+    expect(again.trials()).toEqual([]);
+    again.close();
+  });
+
+  it('are validated: stage, checkpoint key, a number metric', () => {
+    const store = minStore();
+    const bad = (e: Record<string, unknown>) =>
+      caught(() => store.append([{ t: 1, kind: 'reuse', ...e } as unknown as LogEntry]));
+    expect(bad({ stage: '', key: 'Ka', metric: 1 })).toBeInstanceOf(ValidationError);
+    expect((bad({ stage: 'S1', key: 'K/..', metric: 1 }) as Error).message).toMatch(
+      /^entries\[0\]\.key: expected a checkpoint key/,
+    );
+    expect((bad({ stage: 'S1', key: 'Ka', metric: 'NaN' }) as Error).message).toBe(
+      'entries[0].metric: expected a number (NaN and infinities allowed), got "NaN" (string)',
+    );
+    expect(
+      (
+        caught(() =>
+          store.append([{ t: 1, kind: 'done', task: 1, metric: '1' as unknown as number }]),
+        ) as Error
+      ).message,
+    ).toMatch(/^entries\[0\]\.metric: expected a number/);
+    expect(store.eventCount()).toBe(0);
+    store.close();
+  });
+});
+
+describe('StudyStore: metrics that are NaN or infinite', () => {
+  it('done and metric entries round-trip exactly; the tables keep them', () => {
+    const file = storeFile();
+    const store = minStore(file);
+    const values = [Number.NaN, Number.POSITIVE_INFINITY, Number.NEGATIVE_INFINITY, -0.5];
+    const log: LogEntry[] = [propose(0, 't1', 40)];
+    values.forEach((v, i) => {
+      log.push(metric(i + 1, 't1', (i + 1) * 10, v), {
+        t: i + 1,
+        kind: 'done',
+        task: i,
+        metric: v,
+      });
+    });
+    store.append(log);
+    store.close();
+    const again = StudyStore.open(file);
+    const events = again.events();
+    expect(events).toEqual(log);
+    const done = events.filter((e) => e.kind === 'done').map((e) => e.metric);
+    expect(done.map((v) => Object.is(v, Number.NaN) || v)).toEqual([
+      true,
+      Infinity,
+      -Infinity,
+      -0.5,
+    ]);
+    expect(again.metrics('t1').map((m) => m.value)).toEqual(values);
+    const raw = new Database(file, { readonly: true });
+    expect(raw.prepare('SELECT value FROM metrics ORDER BY step').pluck().all()).toEqual([
+      null,
+      Infinity,
+      -Infinity,
+      -0.5,
+    ]);
+    raw.close();
+    // min: -Infinity is the best loss
+    expect(again.status().best).toEqual({ trial: 't1', step: 30, value: -Infinity });
+    again.close();
+  });
+
+  it('status().best ignores NaN and ranks infinities by the mode', () => {
+    const max = StudyStore.open(storeFile());
+    max.initStudy('m', { metric: { name: 'acc', mode: 'max' } }, 0);
+    max.append([propose(0, 't1', 30), propose(0, 't2', 30), propose(0, 't3', 30)]);
+    max.append([metric(1, 't1', 10, Number.NaN)]);
+    expect(max.status().best).toBeNull();
+    max.append([metric(2, 't2', 10, 0.9), metric(3, 't3', 10, Number.NEGATIVE_INFINITY)]);
+    expect(max.status().best).toEqual({ trial: 't2', step: 10, value: 0.9 });
+    max.append([metric(4, 't3', 20, Number.POSITIVE_INFINITY), metric(5, 't1', 20, 0.95)]);
+    expect(max.status().best).toEqual({ trial: 't3', step: 20, value: Infinity });
+    expect(max.trial('t1').best).toEqual({ step: 20, value: 0.95 });
+    max.close();
+
+    const min = minStore();
+    min.append([propose(0, 't1', 30), metric(1, 't1', 10, Number.POSITIVE_INFINITY)]);
+    expect(min.status().best).toEqual({ trial: 't1', step: 10, value: Infinity });
+    min.append([metric(2, 't1', 20, Number.NaN), metric(3, 't1', 30, 7)]);
+    expect(min.status().best).toEqual({ trial: 't1', step: 30, value: 7 });
+    min.close();
+  });
+});
+
+describe('StudyStore: trainer fingerprint, problem, restart', () => {
+  it('records the trainer fingerprint and the last problem', () => {
+    const file = storeFile();
+    const early = StudyStore.open(file);
+    expect(() => early.trainerFingerprint()).toThrow(NotFoundError);
+    expect(() => early.setProblem('x', 1)).toThrow(NotFoundError);
+    early.close();
+    const store = minStore(file);
+    expect(store.trainerFingerprint()).toBeNull();
+    store.setTrainerFingerprint('sha256:abc');
+    expect(() => store.setTrainerFingerprint('')).toThrow(ValidationError);
+    store.setProblem('the trainer cannot load: ModuleNotFoundError: torch', 300);
+    store.close();
+
+    const again = StudyStore.open(file);
+    expect(again.trainerFingerprint()).toBe('sha256:abc');
+    expect(again.status()).toMatchObject({
+      problem: 'the trainer cannot load: ModuleNotFoundError: torch',
+      updatedAt: 300,
+      owner: null,
+    });
+    again.setProblem(null, 400); // a successful start clears it
+    expect(again.status().problem).toBeNull();
+    again.setProblem('x'.repeat(10_000), 500);
+    expect(again.problem()?.length).toBe(MAX_ERROR_CHARS);
+    again.close();
+  });
+
+  it('restartLog archives the log, clears trials, metrics and stages, keeps attempts', () => {
+    const file = storeFile();
+    const store = minStore(file);
+    const first: LogEntry[] = [
+      propose(1, 't1', 20),
+      taskEntry(2, 1, [['S1', 0, 10]]),
+      { t: 3, kind: 'done', task: 1, metric: 0.5 },
+      metric(3, 't1', 10, 0.5),
+    ];
+    store.append(first);
+    const a = store.recordAttempt({ task: 1, worker: 'w0', stage: 'S1', startedAt: 2 });
+    store.finishAttempt(a, { endedAt: 3, outcome: 'done', seconds: { train: 1 } });
+    expect(store.archivedEvents()).toEqual([]);
+
+    expect(store.restartLog(50)).toBe(4);
+    expect(store.events()).toEqual([]);
+    expect(store.eventCount()).toBe(0);
+    expect(store.trials()).toEqual([]);
+    expect(store.metrics()).toEqual([]);
+    expect(store.stages()).toEqual([]);
+    expect(store.attempts()).toHaveLength(1);
+    expect(store.archivedEvents()).toEqual(first);
+    expect(store.status()).toMatchObject({
+      events: 0,
+      updatedAt: 50,
+      trials: { total: 0 },
+      best: null,
+      attempts: { total: 1, phaseSeconds: { train: 1 } },
+    });
+
+    // The new log starts afresh (the same trial ids are new again).
+    const second: LogEntry[] = [
+      propose(51, 't1', 20),
+      { t: 52, kind: 'reuse', stage: 'S1', key: 'KS1', metric: 0.5 },
+    ];
+    store.append(second);
+    expect(store.events()).toEqual(second);
+    expect(store.stages()).toEqual([{ id: 'S1', start: null, end: null, runs: 0, doneAt: 52 }]);
+    store.close();
+
+    const again = StudyStore.open(file);
+    expect(again.restartLog(60)).toBe(2);
+    expect(again.archivedEvents()).toEqual(second); // the most recent generation
+    expect(again.restartLog(70)).toBe(0); // nothing to archive: no new generation
+    expect(again.archivedEvents()).toEqual(second);
+    again.close();
+    const raw = new Database(file, { readonly: true });
+    expect(
+      raw.prepare('SELECT generation, count(*) AS n FROM archived_events GROUP BY 1').all(),
+    ).toEqual([
+      { generation: 1, n: 4 },
+      { generation: 2, n: 2 },
+    ]);
+    raw.close();
+  });
+});
+
+describe('StudyStore: attempt seconds, errors and details', () => {
+  it('sums the seconds by phase in status and keeps the detail', () => {
+    const store = minStore();
+    const a = store.recordAttempt({ task: 1, worker: 'w0', stage: 'S1', startedAt: 10 });
+    store.finishAttempt(a, {
+      endedAt: 12,
+      outcome: 'failed',
+      seconds: { train: 1.5, save: 0.25 },
+      error: 'RuntimeError: boom',
+      detail: 'Traceback (most recent call last):\n  File "train.py", line 1\nRuntimeError: boom',
+    });
+    const b = store.recordAttempt({ task: 2, worker: 'w0', stage: 'S2', startedAt: 12 });
+    store.finishAttempt(b, { endedAt: 13, outcome: 'done', seconds: { train: 0.5 } });
+    expect(store.status().attempts.phaseSeconds).toEqual({ train: 2, save: 0.25 });
+    expect(store.attempts()[0]).toMatchObject({
+      seconds: { train: 1.5, save: 0.25 },
+      error: 'RuntimeError: boom',
+      detail: 'Traceback (most recent call last):\n  File "train.py", line 1\nRuntimeError: boom',
+    });
+    store.close();
+  });
+
+  it('cuts an 8 MB error and a long detail, saying how much was cut', () => {
+    const file = storeFile();
+    const store = minStore(file);
+    const a = store.recordAttempt({ task: 1, worker: 'w0', stage: 'S1', startedAt: 10 });
+    const error = 'E'.repeat(8 * 1024 * 1024);
+    const detail = 'D'.repeat(100_000);
+    store.finishAttempt(a, { endedAt: 11, outcome: 'failed', error, detail });
+    const row = store.attempts()[0];
+    const cut = (text: string | null | undefined, limit: number, original: string) => {
+      expect(text?.length).toBe(limit);
+      const m = /^([A-Z]+) \.\.\. \[(\d+) more characters cut\]$/.exec(text ?? '');
+      expect(m).not.toBeNull();
+      expect(original.startsWith(m?.[1] ?? '-')).toBe(true);
+      expect((m?.[1]?.length ?? 0) + Number(m?.[2])).toBe(original.length);
+    };
+    cut(row?.error, MAX_ERROR_CHARS, error);
+    cut(row?.detail, MAX_DETAIL_CHARS, detail);
+    // What fits is kept as it is.
+    const b = store.recordAttempt({ task: 2, worker: 'w0', stage: 'S1', startedAt: 12 });
+    store.finishAttempt(b, { endedAt: 13, outcome: 'failed', error: 'x'.repeat(MAX_ERROR_CHARS) });
+    expect(store.attempts()[1]?.error).toBe('x'.repeat(MAX_ERROR_CHARS));
+    store.close();
+    expect(statSync(file).size).toBeLessThan(1024 * 1024); // closed: the WAL is merged
   });
 });

@@ -1,3 +1,6 @@
+import { ValidationError } from '../../src/errors.js';
+import { parseStudy } from '../../src/study/index.js';
+
 /** Study fixtures shared by the study tests (plain JSON, as a study file holds it). */
 
 /** A ResNet-20 CIFAR-10 multistep learning-rate grid: 3 x 2 x 2 = 12 configurations. */
@@ -36,3 +39,17 @@ export function studyWith(
     ...extra,
   };
 }
+
+/** The ValidationError that `fn` throws (any other outcome fails the test). */
+export function rejected(fn: () => unknown): ValidationError {
+  try {
+    fn();
+  } catch (e) {
+    if (e instanceof ValidationError) return e;
+    throw new Error(`expected a ValidationError, got ${String(e)}`, { cause: e });
+  }
+  throw new Error('expected a ValidationError, got a result');
+}
+
+/** The ValidationError `parseStudy` throws for `input`. */
+export const rejection = (input: unknown): ValidationError => rejected(() => parseStudy(input));

@@ -16,6 +16,9 @@ function rejection(input: unknown): ValidationError {
 
 type Json = Record<string, unknown>;
 
+const NAME_RULE =
+  'a study name: 1 to 100 characters from A-Z, a-z, 0-9, ".", "_" and "-", not starting with "."';
+
 /** A copy of the ResNet study with `edit` applied (to it, its trainer and its metric). */
 function edited(edit: (s: Json, parts: { trainer: Json; metric: Json }) => unknown): Json {
   const s = resnetStudy();
@@ -160,12 +163,12 @@ describe('parseStudy: bad input names the field', () => {
     [
       'a study that is not an object',
       42,
-      '(root): expected a study object {name, params, space, steps, evalEvery, tuner, metric, trainer, resources, workers, checkpointEvery, keepBest, retries}, got 42 (number)',
+      '(root): expected a study object {name, params, space, steps, evalEvery, tuner, metric, trainer, resources, workers, checkpointEvery, keepBest, retries, taskTimeout}, got 42 (number)',
     ],
     [
       'an unknown top-level field',
       edited((s) => (s.trials = 3)),
-      'trials: expected no such field (a study takes name, params, space, steps, evalEvery, tuner, metric, trainer, resources, workers, checkpointEvery, keepBest, retries), got 3 (number)',
+      'trials: expected no such field (a study takes name, params, space, steps, evalEvery, tuner, metric, trainer, resources, workers, checkpointEvery, keepBest, retries, taskTimeout), got 3 (number)',
     ],
     [
       'an unknown tuner field, reported before the missing one it misspells',
@@ -185,12 +188,12 @@ describe('parseStudy: bad input names the field', () => {
     [
       'tuner.trials 0',
       edited((s) => (s.tuner = { kind: 'random', trials: 0 })),
-      'tuner.trials: expected an integer >= 1, got 0 (number)',
+      'tuner.trials: expected an integer from 1 to 100000, got 0 (number)',
     ],
     [
       'tuner.trials missing',
       edited((s) => (s.tuner = { kind: 'random' })),
-      'tuner.trials: expected an integer >= 1 (field is required), got undefined',
+      'tuner.trials: expected an integer from 1 to 100000 (field is required), got undefined',
     ],
     [
       'tuner.seed not an integer',
@@ -210,18 +213,22 @@ describe('parseStudy: bad input names the field', () => {
     [
       'name of the wrong type',
       edited((s) => (s.name = 7)),
-      'name: expected a non-empty string, got 7 (number)',
+      `name: expected ${NAME_RULE}, got 7 (number)`,
     ],
     [
       'a missing name',
       edited((s) => delete s.name),
-      'name: expected a non-empty string (field is required), got undefined',
+      `name: expected ${NAME_RULE} (field is required), got undefined`,
     ],
-    ['steps 0', edited((s) => (s.steps = 0)), 'steps: expected an integer >= 1, got 0 (number)'],
+    [
+      'steps 0',
+      edited((s) => (s.steps = 0)),
+      'steps: expected an integer from 1 to 1000000000, got 0 (number)',
+    ],
     [
       'steps as a string',
       edited((s) => (s.steps = '180')),
-      'steps: expected an integer >= 1, got "180" (string)',
+      'steps: expected an integer from 1 to 1000000000, got "180" (string)',
     ],
     [
       'evalEvery beyond steps',
@@ -254,14 +261,14 @@ describe('parseStudy: bad input names the field', () => {
       'trainer.saveSeconds: expected a number >= 0, got -1 (number)',
     ],
     [
-      'gpus 0',
-      edited((s) => (s.resources = { gpus: 0 })),
-      'resources.gpus: expected a number > 0, got 0 (number)',
+      'a negative GPU share',
+      edited((s) => (s.resources = { gpus: -0.5 })),
+      'resources.gpus: expected a number >= 0, got -0.5 (number)',
     ],
     [
       'workers 1.5',
       edited((s) => (s.workers = 1.5)),
-      'workers: expected an integer >= 1, got 1.5 (number)',
+      'workers: expected an integer from 1 to 1024, got 1.5 (number)',
     ],
     [
       'params as an array',
@@ -278,7 +285,7 @@ describe('parseStudy: bad input names the field', () => {
   test('the error carries path, expected and received separately', () => {
     const error = rejection(edited((s) => (s.tuner = { kind: 'random', trials: 0 })));
     expect(error.path).toBe('tuner.trials');
-    expect(error.expected).toBe('an integer >= 1');
+    expect(error.expected).toBe('an integer from 1 to 100000');
     expect(error.received).toBe('0 (number)');
   });
 });
@@ -373,9 +380,9 @@ describe('parseStudy: search domains and schedules', () => {
       'space.wd: expected a choice or int domain (a grid cannot enumerate a continuous range: list the values with {"choice": [...]} or use the random tuner), got {"uniform":[0.00001,0.001]} (object)',
     ],
     [
-      'a grid of more than 10,000,000 configurations',
+      'a grid of more than 100,000 configurations (the trial limit)',
       { a: { int: [1, 5000] }, b: { int: [1, 5000] } },
-      'space: expected a grid of at most 10000000 configurations (params and space multiply out to more: use fewer choices or the random tuner), got 25000000 (number)',
+      'space: expected a grid of at most 100000 configurations (the trial limit; params and space multiply out to more: use fewer choices or the random tuner), got 25000000 (number)',
     ],
   ];
   test.each(cases)('%s', (_label, space, message) => {

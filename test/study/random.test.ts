@@ -148,7 +148,7 @@ describe('randomConfigs', () => {
   test('zero trials is an empty list; a negative count is rejected', () => {
     expect(randomConfigs(study, 0, 7)).toEqual([]);
     expect(() => randomConfigs(study, -1, 7)).toThrow(
-      'trials: expected an integer >= 0, got -1 (number)',
+      'trials: expected an integer from 0 to 100000, got -1 (number)',
     );
   });
 

@@ -111,7 +111,7 @@ describe('tuner schemas: errors name the field', () => {
     [
       'grid maxConcurrent 0',
       { kind: 'grid', maxConcurrent: 0 },
-      'tuner.maxConcurrent: expected an integer >= 1, got 0 (number)',
+      'tuner.maxConcurrent: expected an integer from 1 to 100000, got 0 (number)',
     ],
     [
       'an unknown grid field',
@@ -146,12 +146,12 @@ describe('tuner schemas: errors name the field', () => {
     [
       'asha trials 0',
       { kind: 'asha', trials: 0, minSteps: 1 },
-      'tuner.trials: expected an integer >= 1, got 0 (number)',
+      'tuner.trials: expected an integer from 1 to 100000, got 0 (number)',
     ],
     [
       'asha maxConcurrent 0',
       { kind: 'asha', trials: 3, minSteps: 1, maxConcurrent: 0 },
-      'tuner.maxConcurrent: expected an integer >= 1, got 0 (number)',
+      'tuner.maxConcurrent: expected an integer from 1 to 100000, got 0 (number)',
     ],
     [
       'an unknown asha field',
@@ -191,12 +191,12 @@ describe('tuner schemas: errors name the field', () => {
     [
       'median minTrials 0',
       { kind: 'median', trials: 5, minTrials: 0 },
-      'tuner.minTrials: expected an integer >= 1, got 0 (number)',
+      'tuner.minTrials: expected an integer from 1 to 100000, got 0 (number)',
     ],
     [
       'pbt population 1',
       { kind: 'pbt', population: 1, interval: 10 },
-      'tuner.population: expected an integer >= 2, got 1 (number)',
+      'tuner.population: expected an integer from 2 to 100000, got 1 (number)',
     ],
     [
       'pbt interval > steps',

@@ -1,17 +1,71 @@
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { runStudy } from '../../src/cli/run.js';
 import type { RunOutcome } from '../../src/cli/run.js';
 import { ExecutionMode } from '../../src/engine/index.js';
 import type { LogEntry } from '../../src/engine/index.js';
 import { StudyStore } from '../../src/store/index.js';
+import { gridConfigs, parseStudy } from '../../src/study/index.js';
 import type { Study } from '../../src/study/index.js';
+import { reportSteps } from '../../src/tuner/index.js';
 import { valueAt } from '../../src/schedule/index.js';
 import type { Canonical } from '../../src/schedule/index.js';
 import { QuadraticTrainer } from '../../src/trainer/index.js';
 
 export const quiet = (): void => undefined;
+
+export const ROOT = resolve(import.meta.dirname, '../..');
+export const TRAINER = join(ROOT, 'dist', 'trainer', 'quadratic.js');
+
+/** A 4-trial grid on the QuadraticTrainer: two initial LRs x two milestones, 20 steps. */
+export function studyJson(
+  overrides: Record<string, unknown> = {},
+  params: Record<string, unknown> = {},
+): Record<string, unknown> {
+  return {
+    name: 'quadratic',
+    params: { seed: 1, ...params },
+    space: {
+      lr: {
+        kind: 'multistep',
+        init: { choice: [0.02, 0.05] },
+        factor: 0.1,
+        milestones: [{ choice: [10, 15] }],
+      },
+      momentum: 0.9,
+    },
+    steps: 20,
+    evalEvery: 5,
+    tuner: { kind: 'grid' },
+    metric: { name: 'loss', mode: 'min' },
+    trainer: { kind: 'node', module: TRAINER, export: 'QuadraticTrainer' },
+    workers: 2,
+    ...overrides,
+  };
+}
+
+/** Writes a study file into a fresh folder. */
+export function setup(json: Record<string, unknown>): { file: string; study: Study; dir: string } {
+  const dir = mkdtempSync(join(tmpdir(), 'stagetree-run-'));
+  const file = join(dir, 'study.json');
+  writeFileSync(file, JSON.stringify(json));
+  return { file, study: parseStudy(json), dir };
+}
+
+/** Every trial's metric at every report step when it trains alone from scratch, in-process. */
+export async function alone(study: Study): Promise<Map<string, number>> {
+  const out = new Map<string, number>();
+  for (const cfg of gridConfigs(study)) {
+    for (const r of reportSteps(study)) {
+      out.set(
+        `t${cfg.index + 1}@${r}`,
+        await quadraticAlone({ params: cfg.params, schedules: cfg.canonical }, r),
+      );
+    }
+  }
+  return out;
+}
 
 /** Reads something from a study store and closes it. */
 export function fromStore<T>(db: string, read: (store: StudyStore) => T): T {

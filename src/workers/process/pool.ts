@@ -1,5 +1,7 @@
 import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
+import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
+import { WORKER_SECRET_ENV } from '../../engine/index.js';
 import type { EngineToWorker, WorkerId, WorkerPort, WorkerToEngine } from '../../engine/index.js';
 
 /** How to start one worker process. */
@@ -11,86 +13,155 @@ export interface WorkerCommand {
 }
 
 export interface ProcessPoolOptions {
-  /** The command for a worker; the pool adds STAGETREE_ENGINE, STAGETREE_WORKER_ID, GPU variables. */
+  /**
+   * The command for a worker; the pool adds STAGETREE_ENGINE, STAGETREE_WORKER_ID,
+   * STAGETREE_WORKER_SECRET and the GPU variables.
+   */
   readonly command: (workerId: WorkerId) => WorkerCommand;
-  /** host:port of the engine's worker hub. */
+  /** What workers dial: the engine's worker hub (`host:port` or `unix:/path`). */
   readonly engineAddress: string;
-  /** Whether there are GPUs to assign (sets CUDA_VISIBLE_DEVICES). */
+  /** Whether there are GPUs to assign (sets CUDA_VISIBLE_DEVICES; none: it is set empty). */
   readonly gpus: boolean;
-  /** What every worker is told on registering. */
-  readonly welcome: Extract<EngineToWorker, { kind: 'welcome' }>;
+  /** What every worker is told on registering (the pool adds its id). */
+  readonly welcome: Omit<Extract<EngineToWorker, { kind: 'welcome' }>, 'workerId'>;
   /** Where worker output goes (default: this process's stderr, prefixed). */
   readonly log?: (workerId: WorkerId, line: string) => void;
 }
 
 type Message = Exclude<WorkerToEngine, { kind: 'register' }>;
 
+/** What the pool knows of a worker that is gone. */
+export interface GoneInfo {
+  /** Whether it ever registered (a worker that dies before is an environment problem). */
+  readonly registered: boolean;
+  /** Its last lines of output (stdout and stderr), oldest first. */
+  readonly output: readonly string[];
+}
+
+/** How long a worker whose stream ended may take to exit on its own before it is killed. */
+const STREAM_END_GRACE_MS = 3000;
+
+/** Lines of a worker's output kept for the message when it dies before registering. */
+const TAIL_LINES = 20;
+
 interface Slot {
   readonly id: WorkerId;
   readonly child: ChildProcess;
+  readonly secret: Buffer;
   port: WorkerPort | null;
   /** Messages waiting for the worker to register. */
   readonly pending: EngineToWorker[];
+  readonly tail: string[];
   gone: boolean;
+  /** stdout and stderr are closed and every line was passed on. */
+  readonly drained: Promise<void>;
+}
+
+/** A registration refused by `admit`. */
+export interface AdmitRefusal {
+  readonly code: 'unauthenticated' | 'already-exists';
+  readonly message: string;
 }
 
 /**
  * The embedded default backend: one local child process per worker. The engine decides
  * when a worker starts (a task with `startProcess`) and when one retires; the pool
- * spawns it with its GPU (CUDA_VISIBLE_DEVICES; a fractional share shares the GPU),
- * queues messages until the worker has dialled the hub and registered, and reports a
- * worker gone when its process exits or its stream ends, whichever comes first. A worker
- * that never registers is killed, not reused.
+ * spawns it with its GPU (CUDA_VISIBLE_DEVICES; a fractional share shares the GPU) and
+ * a secret of its own (an HMAC of the worker id under a per-run key that never leaves
+ * this process), admits only the registration that proves it holds that secret (once),
+ * queues messages until then, and reports a worker gone when its process exits or its
+ * stream ends, whichever comes first. A worker that never registers is killed, not
+ * reused. Every line a worker prints is passed on, none dropped.
  */
 export class ProcessPool {
   private readonly slots = new Map<WorkerId, Slot>();
+  private readonly key = randomBytes(32);
   private readonly messageListeners: ((worker: WorkerId, m: Message) => void)[] = [];
-  private readonly goneListeners: ((worker: WorkerId, reason: string) => void)[] = [];
+  private readonly goneListeners: ((worker: WorkerId, reason: string, info: GoneInfo) => void)[] =
+    [];
+  private readonly registeredListeners: ((worker: WorkerId) => void)[] = [];
 
   constructor(private readonly options: ProcessPoolOptions) {}
+
+  /** What the pool's workers dial (the engine's hub). */
+  get engineAddress(): string {
+    return this.options.engineAddress;
+  }
 
   onMessage(listener: (worker: WorkerId, m: Message) => void): void {
     this.messageListeners.push(listener);
   }
 
-  onGone(listener: (worker: WorkerId, reason: string) => void): void {
+  onGone(listener: (worker: WorkerId, reason: string, info: GoneInfo) => void): void {
     this.goneListeners.push(listener);
+  }
+
+  /** A worker registered: messages sent to it from now on reach it. */
+  onRegistered(listener: (worker: WorkerId) => void): void {
+    this.registeredListeners.push(listener);
+  }
+
+  /** Whether a worker has registered (and is not gone). */
+  registered(id: WorkerId): boolean {
+    const slot = this.slots.get(id);
+    return slot !== undefined && !slot.gone && slot.port !== null;
+  }
+
+  private secretOf(id: WorkerId): Buffer {
+    return createHmac('sha256', this.key).update(`worker:${id}`).digest();
   }
 
   /** Starts worker `id` on `gpu` with `share` of it. */
   start(id: WorkerId, gpu: number, share: number): void {
     if (this.slots.has(id)) throw new Error(`internal: worker ${id} started twice`);
     const cmd = this.options.command(id);
+    const secret = this.secretOf(id);
     const env: Record<string, string> = {
       ...process.env,
       ...cmd.env,
       STAGETREE_ENGINE: this.options.engineAddress,
       STAGETREE_WORKER_ID: id,
+      [WORKER_SECRET_ENV]: secret.toString('base64url'),
       STAGETREE_GPU_SHARE: String(share),
+      CUDA_VISIBLE_DEVICES: this.options.gpus ? String(gpu) : '',
     };
-    if (this.options.gpus) env.CUDA_VISIBLE_DEVICES = String(gpu);
-    else env.STAGETREE_GPUS = '';
     const child = spawn(cmd.file, [...cmd.args], {
       env,
       cwd: cmd.cwd,
       stdio: ['ignore', 'pipe', 'pipe'],
     });
-    const slot: Slot = { id, child, port: null, pending: [], gone: false };
-    this.slots.set(id, slot);
     const log = this.options.log ?? ((w, line) => process.stderr.write(`[${w}] ${line}\n`));
-    for (const stream of [child.stdout, child.stderr]) {
-      let buffer = '';
-      stream.setEncoding('utf8');
-      stream.on('data', (chunk: string) => {
-        buffer += chunk;
-        let nl = buffer.indexOf('\n');
-        while (nl >= 0) {
-          log(id, buffer.slice(0, nl));
-          buffer = buffer.slice(nl + 1);
-          nl = buffer.indexOf('\n');
-        }
-      });
-    }
+    const tail: string[] = [];
+    const emit = (line: string): void => {
+      tail.push(line);
+      if (tail.length > TAIL_LINES) tail.shift();
+      log(id, line);
+    };
+    const drained = Promise.all(
+      [child.stdout, child.stderr].map(
+        (stream) =>
+          new Promise<void>((resolve) => {
+            let buffer = '';
+            stream.setEncoding('utf8');
+            stream.on('data', (chunk: string) => {
+              buffer += chunk;
+              let nl = buffer.indexOf('\n');
+              while (nl >= 0) {
+                emit(buffer.slice(0, nl));
+                buffer = buffer.slice(nl + 1);
+                nl = buffer.indexOf('\n');
+              }
+            });
+            stream.on('close', () => {
+              if (buffer !== '') emit(buffer);
+              buffer = '';
+              resolve();
+            });
+          }),
+      ),
+    ).then(() => undefined);
+    const slot: Slot = { id, child, secret, port: null, pending: [], tail, gone: false, drained };
+    this.slots.set(id, slot);
     child.on('error', (e) => {
       this.gone(slot, `could not start: ${e.message}`);
     });
@@ -104,15 +175,38 @@ export class ProcessPool {
     });
   }
 
-  /** A worker dialled the hub and registered. */
+  /**
+   * Whether a registration may connect: it must name a worker this pool started and is
+   * waiting for, with that worker's secret (compared in constant time). Null admits it.
+   */
+  admit(registration: { readonly workerId: string; readonly secret: string }): AdmitRefusal | null {
+    const slot = this.slots.get(registration.workerId);
+    const given = Buffer.from(registration.secret, 'base64url');
+    if (
+      !slot ||
+      slot.gone ||
+      given.length !== slot.secret.length ||
+      !timingSafeEqual(given, slot.secret)
+    ) {
+      return {
+        code: 'unauthenticated',
+        message: 'not a worker this engine started (unknown worker id or wrong secret)',
+      };
+    }
+    if (slot.port) {
+      return {
+        code: 'already-exists',
+        message: `worker ${registration.workerId} is connected already`,
+      };
+    }
+    return null;
+  }
+
+  /** A worker dialled the hub, registered and was admitted. */
   attach(port: WorkerPort): void {
     const slot = this.slots.get(port.registration.workerId);
-    if (!slot || slot.gone || slot.port) {
-      port.send({
-        kind: 'shutdown',
-        reason: `no worker ${port.registration.workerId} is expected`,
-      });
-      port.close();
+    if (!slot || slot.gone || slot.port || this.admit(port.registration) !== null) {
+      port.abort(`no worker ${port.registration.workerId} is expected`);
       return;
     }
     slot.port = port;
@@ -121,10 +215,14 @@ export class ProcessPool {
     });
     port.onClose((reason) => {
       this.gone(slot, `its stream ended (${reason})`);
-      this.kill(slot.id);
+      // A worker without a stream is of no use; let it flush its output and exit first.
+      setTimeout(() => {
+        this.kill(slot.id);
+      }, STREAM_END_GRACE_MS).unref();
     });
-    port.send(this.options.welcome);
+    port.send({ ...this.options.welcome, workerId: slot.id });
     for (const m of slot.pending.splice(0)) port.send(m);
+    for (const l of this.registeredListeners) l(slot.id);
   }
 
   send(id: WorkerId, message: EngineToWorker): void {
@@ -134,14 +232,22 @@ export class ProcessPool {
     else slot.pending.push(message);
   }
 
-  /** Asks a worker to exit (after its current task), then kills it if it lingers. */
-  stop(id: WorkerId, reason: string): void {
+  /** Ends a worker's stream for a protocol violation (it is then gone, and killed). */
+  abort(id: WorkerId, message: string): void {
+    const slot = this.slots.get(id);
+    if (!slot) return;
+    slot.port?.abort(message);
+    this.kill(id);
+  }
+
+  /** Asks a worker to exit (after its current task), then kills it if it lingers `grace` seconds. */
+  stop(id: WorkerId, reason: string, grace = 5): void {
     const slot = this.slots.get(id);
     if (!slot || slot.gone) return;
     this.send(id, { kind: 'shutdown', reason });
     setTimeout(() => {
       this.kill(id);
-    }, 5000).unref();
+    }, grace * 1000).unref();
   }
 
   kill(id: WorkerId): void {
@@ -155,19 +261,30 @@ export class ProcessPool {
     return this.slots.get(id)?.child.pid;
   }
 
-  /** Stops every worker and waits for the processes to exit. */
-  async shutdown(reason: string): Promise<void> {
+  /** Process ids of every worker started, alive or not (for tests that look for leftovers). */
+  pids(): number[] {
+    return [...this.slots.values()].flatMap((s) =>
+      s.child.pid === undefined ? [] : [s.child.pid],
+    );
+  }
+
+  /**
+   * Stops every worker, kills any still alive after `grace`
+   * seconds, and waits until every process has exited and all its output is passed on.
+   */
+  async shutdown(reason: string, grace = 5): Promise<void> {
     const waits = [...this.slots.values()].map(
       (slot) =>
         new Promise<void>((resolve) => {
+          const done = (): void => {
+            void slot.drained.then(resolve);
+          };
           if (slot.child.exitCode !== null || slot.child.signalCode !== null) {
-            resolve();
+            done();
             return;
           }
-          slot.child.once('exit', () => {
-            resolve();
-          });
-          this.stop(slot.id, reason);
+          slot.child.once('exit', done);
+          this.stop(slot.id, reason, grace);
         }),
     );
     await Promise.all(waits);
@@ -176,6 +293,7 @@ export class ProcessPool {
   private gone(slot: Slot, reason: string): void {
     if (slot.gone) return;
     slot.gone = true;
-    for (const l of this.goneListeners) l(slot.id, reason);
+    const info: GoneInfo = { registered: slot.port !== null, output: [...slot.tail] };
+    for (const l of this.goneListeners) l(slot.id, reason, info);
   }
 }

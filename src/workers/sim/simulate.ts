@@ -53,7 +53,13 @@ export function simCosts(study: Study): SimCosts {
 
 /** GPUs of the simulated cluster (`resources.cluster`). */
 export function clusterGpus(study: Study): number {
-  return study.resources.cluster;
+  // A CPU-only study claims no GPU: it has one slot per worker, each stage a whole slot.
+  return study.cpuOnly ? study.workers : study.resources.cluster;
+}
+
+/** The GPU share of a stage with these values (a CPU-only study's stages take a whole slot). */
+export function stageShare(study: Study, values: Readonly<Record<string, unknown>>): number {
+  return study.cpuOnly ? 1 : lookupBy(study.resources.gpus, values);
 }
 
 /** The engine options of a study: its cluster, worker budget, GPU shares and step costs. */
@@ -64,7 +70,7 @@ export function engineOptions(study: Study, mode: ExecutionMode): EngineOptions 
     mode,
     gpus: clusterGpus(study),
     maxWorkers: study.workers,
-    share: (values) => lookupBy(study.resources.gpus, values),
+    share: (values) => stageShare(study, values),
     cost: { stepSeconds: (values) => costs.stepSeconds(values) },
     checkpointEvery: study.checkpointEvery,
     retries: study.retries,
@@ -149,7 +155,7 @@ export function makespanLowerBound(study: Study, tree: StageTree, gpus: number):
     if (!s.done) continue;
     const sec = (s.end - s.start) * costs.stepSeconds(stageValues(tree, s.id));
     seconds.set(s.id, sec);
-    total += sec * lookupBy(study.resources.gpus, stageValues(tree, s.id));
+    total += sec * stageShare(study, stageValues(tree, s.id));
   }
   let longest = 0;
   const chain = (id: string): number => {
@@ -189,7 +195,7 @@ export function precedenceLowerBound(study: Study, tree: StageTree, gpus: number
     if (!s.done) continue;
     const to = depthOf(s.id);
     const from = depthOf(s.parent as string);
-    spans.push({ from, to, share: lookupBy(study.resources.gpus, stageValues(tree, s.id)) });
+    spans.push({ from, to, share: stageShare(study, stageValues(tree, s.id)) });
   }
   let best = makespanLowerBound(study, tree, gpus);
   const points = [...new Set(spans.map((x) => x.from))].sort((a, b) => a - b);
