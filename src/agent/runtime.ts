@@ -1,5 +1,5 @@
 import { describeError, ErrorCode, StagetreeError } from '../errors.js';
-import { PROTOCOL } from '../engine/index.js';
+import { PROTOCOL } from '../engine/protocol.js';
 import type { EnginePort, EngineToWorker, WireTask } from '../engine/index.js';
 import { valueAt } from '../schedule/index.js';
 import type { Canonical } from '../schedule/index.js';

@@ -224,7 +224,7 @@ function renderStatus(s: StudyStatus, state: string, study: Study): string {
     `  ${s.events} events, ${s.attempts.total} task attempts`,
   ];
   if (study.cpuOnly) lines.push('  no GPU was used (a CPU-only study: resources.gpus is 0)');
-  if (s.owner !== null)
+  if (s.owner !== null && s.owner.pid !== process.pid)
     lines.push(
       `  being run by pid ${s.owner.pid} since ${new Date(s.owner.since * 1000).toISOString()}`,
     );

@@ -9,7 +9,7 @@
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import type { EngineToWorker, WorkerToEngine } from '../engine/index.js';
-import { dialEngine } from '../rpc/index.js';
+import { dialEngine } from '../rpc/client.js';
 
 export interface LinkData {
   readonly engine: string;
@@ -17,8 +17,8 @@ export interface LinkData {
   readonly shared: SharedArrayBuffer;
   /** The worker's parent (the engine) when it started. */
   readonly ppid: number;
-  /** Seconds to wait for the main thread to exit on its own before ending the process. */
-  readonly graceSeconds: number;
+  /** Seconds a shutdown may take before the process is ended (the trainer may be blocked). */
+  readonly shutdownGraceSeconds: number;
 }
 
 /** From the main thread: a message to send, or a request to close the stream. */
@@ -37,15 +37,18 @@ const link = dialEngine(data.engine);
 let heartbeat: ReturnType<typeof setInterval> | null = null;
 let ending = false;
 
-/** Ends the whole process (not just this thread) unless the main thread exits first. */
-function endProcessSoon(why: string): void {
+/**
+ * Ends the whole process (not just this thread) after `seconds` unless the main thread
+ * exits first. Without its engine a worker has nothing to finish, so that is quick.
+ */
+function endProcessSoon(why: string, seconds = 1): void {
   if (ending) return;
   ending = true;
   setTimeout(() => {
     process.stderr.write(`stagetree worker: ${why}; exiting\n`);
     process.kill(process.pid, 'SIGTERM');
     setTimeout(() => process.kill(process.pid, 'SIGKILL'), 2000).unref();
-  }, data.graceSeconds * 1000).unref();
+  }, seconds * 1000).unref();
 }
 
 link.onMessage((message) => {
@@ -64,7 +67,10 @@ link.onMessage((message) => {
       Atomics.store(state, 1, BigInt(message.taskId));
       break;
     case 'shutdown':
-      endProcessSoon('the engine asked it to shut down and the trainer did not stop');
+      endProcessSoon(
+        'the engine asked it to shut down and the trainer did not stop',
+        data.shutdownGraceSeconds,
+      );
       break;
     case 'run':
       break;
@@ -74,7 +80,11 @@ link.onMessage((message) => {
 link.onClose((error) => {
   if (heartbeat !== null) clearInterval(heartbeat);
   port.postMessage({ type: 'closed', error } satisfies FromLink);
-  endProcessSoon(`lost the engine (${error ?? 'its stream ended'})`);
+  // A stream that ended cleanly (a shutdown) leaves the main thread time to flush its output.
+  endProcessSoon(
+    `lost the engine (${error ?? 'its stream ended'})`,
+    error === null ? data.shutdownGraceSeconds : 1,
+  );
 });
 port.on('message', (m: ToLink) => {
   if (m.type === 'send') link.send(m.message);

@@ -22,9 +22,9 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { WorkerAgent } from '../agent/index.js';
 import type { EnginePort, EngineToWorker } from '../engine/index.js';
-import { WORKER_SECRET_ENV } from '../engine/index.js';
+import { WORKER_SECRET_ENV } from '../engine/protocol.js';
 import { describeError } from '../errors.js';
-import { CheckpointStore } from '../store/index.js';
+import { CheckpointStore } from '../store/checkpoints.js';
 import type { Trainer, TrainerFactory } from '../trainer/index.js';
 import type { FromLink, LinkData, ToLink } from './worker-link.js';
 
@@ -71,10 +71,9 @@ async function loadTrainer(
 
 async function check(): Promise<number> {
   try {
-    const { file } = await loadTrainer(
-      need('STAGETREE_TRAINER_MODULE'),
-      process.env.STAGETREE_TRAINER_EXPORT ?? 'default',
-    );
+    const module = process.env.STAGETREE_TRAINER_MODULE ?? '';
+    if (module === '') throw new Error('STAGETREE_TRAINER_MODULE is not set');
+    const { file } = await loadTrainer(module, process.env.STAGETREE_TRAINER_EXPORT ?? 'default');
     const fingerprint = `sha256:${createHash('sha256').update(readFileSync(file)).digest('hex')}`;
     process.stdout.write(JSON.stringify({ ok: true, fingerprint, file }) + '\n');
     return 0;
@@ -86,7 +85,7 @@ async function check(): Promise<number> {
 
 /** The engine port of the main thread: messages go through the link thread. */
 function linkPort(engine: string, shared: SharedArrayBuffer): EnginePort {
-  const data: LinkData = { engine, shared, ppid: process.ppid, graceSeconds: 3 };
+  const data: LinkData = { engine, shared, ppid: process.ppid, shutdownGraceSeconds: 3 };
   const thread = new Worker(new URL('./worker-link.js', import.meta.url), { workerData: data });
   const messageListeners: ((m: EngineToWorker) => void)[] = [];
   const closeListeners: ((error: string | null) => void)[] = [];
@@ -112,15 +111,17 @@ async function main(): Promise<number> {
   const secret = need(WORKER_SECRET_ENV);
   // Nothing this process starts needs the secret.
   Reflect.deleteProperty(process.env, WORKER_SECRET_ENV);
+  const shared = new SharedArrayBuffer(16);
+  const state = new BigInt64Array(shared);
+  // The link thread boots and dials while the trainer's module loads.
+  const port = linkPort(engine, shared);
   const { factory } = await loadTrainer(
     need('STAGETREE_TRAINER_MODULE'),
     process.env.STAGETREE_TRAINER_EXPORT ?? 'default',
   );
   const visible = process.env.CUDA_VISIBLE_DEVICES ?? '';
   const gpus = visible === '' ? [] : visible.split(',').map(Number).filter(Number.isInteger);
-  const shared = new SharedArrayBuffer(16);
-  const state = new BigInt64Array(shared);
-  const agent = new WorkerAgent(linkPort(engine, shared), {
+  const agent = new WorkerAgent(port, {
     workerId,
     secret,
     gpus,

@@ -1,7 +1,7 @@
 import { credentials } from '@grpc/grpc-js';
 import type { ClientDuplexStream } from '@grpc/grpc-js';
 import { ValidationError } from '../errors.js';
-import { MAX_MESSAGE_BYTES } from '../engine/index.js';
+import { MAX_MESSAGE_BYTES } from '../engine/protocol.js';
 import type { EngineToWorker, WorkerToEngine } from '../engine/index.js';
 import {
   ConnectRequest as ConnectRequestCodec,
@@ -26,9 +26,10 @@ export interface EngineLink {
  */
 export function boundedWire(message: WorkerToEngine): ConnectRequest {
   const wire = workerToWire(message);
+  // Only results can grow large (metric maps, error texts); the rest are a few bytes.
+  if (message.kind !== 'done' && message.kind !== 'failed') return wire;
   const size = ConnectRequestCodec.encode(wire).finish().length;
-  if (size <= MAX_MESSAGE_BYTES || (message.kind !== 'done' && message.kind !== 'failed'))
-    return wire;
+  if (size <= MAX_MESSAGE_BYTES) return wire;
   const what =
     message.kind === 'done'
       ? ` (evaluate() returned ${Object.keys(message.metrics).length} metrics)`

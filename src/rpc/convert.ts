@@ -1,5 +1,9 @@
 import { ValidationError } from '../errors.js';
-import { MAX_ERROR_DETAIL_CHARS, MAX_ERROR_MESSAGE_CHARS, truncateText } from '../engine/index.js';
+import {
+  MAX_ERROR_DETAIL_CHARS,
+  MAX_ERROR_MESSAGE_CHARS,
+  truncateText,
+} from '../engine/protocol.js';
 import type { EngineToWorker, StageRun, WireTask, WorkerToEngine } from '../engine/index.js';
 import { fromSegments } from '../schedule/index.js';
 import type { Canonical, Piece, Segment } from '../schedule/index.js';

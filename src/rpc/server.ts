@@ -1,7 +1,7 @@
 import { Server, ServerCredentials, status } from '@grpc/grpc-js';
 import type { ServerDuplexStream } from '@grpc/grpc-js';
 import { describeError, ValidationError } from '../errors.js';
-import { MAX_MESSAGE_BYTES, PROTOCOL } from '../engine/index.js';
+import { MAX_MESSAGE_BYTES, PROTOCOL } from '../engine/protocol.js';
 import type { EngineToWorker, WorkerToEngine } from '../engine/index.js';
 import { WorkerHubServiceService } from '../gen/stagetree/v1/worker.js';
 import type { ConnectRequest, ConnectResponse } from '../gen/stagetree/v1/worker.js';

@@ -57,7 +57,7 @@ export interface RunResult {
 }
 
 /** The time limit of a task (seconds): the study's, or derived from measured step times. */
-function taskLimit(study: Study, steps: number, secondsPerStep: number | null): number {
+export function taskLimit(study: Study, steps: number, secondsPerStep: number | null): number {
   if (study.taskTimeout !== null) return study.taskTimeout;
   if (secondsPerStep === null) return UNMEASURED_TASK_LIMIT;
   return Math.max(TASK_LIMIT_FLOOR, TASK_LIMIT_FACTOR * secondsPerStep * steps);

@@ -19,7 +19,7 @@ import type { ClientDuplexStream } from '@grpc/grpc-js';
 import Database from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
 import { main } from '../../src/cli/main.js';
-import { runStudy } from '../../src/cli/run.js';
+import { checkTrainer, runStudy } from '../../src/cli/run.js';
 import { ExecutionMode } from '../../src/engine/index.js';
 import { EnvironmentError, ErrorCode, ResumeError, StoreBusyError } from '../../src/errors.js';
 import { WorkerHubServiceClient } from '../../src/gen/stagetree/v1/worker.js';
@@ -39,6 +39,7 @@ import {
   storedLog,
   storedMetrics,
   studyJson,
+  TRAINER,
 } from '../support/real-run.js';
 
 /**
@@ -368,7 +369,18 @@ describe('the store: one engine at a time, and a log that never strands a study'
     expect(storedMetrics(db)).toEqual(await alone(study));
   });
 
-  it('refuses to resume with changed trainer code, unless the study declares a version', async () => {
+  it('identifies a trainer by the hash of its file, or by the version the study declares', () => {
+    const declared = setup(
+      studyJson({
+        trainer: { kind: 'node', module: TRAINER, export: 'QuadraticTrainer', version: 'v7' },
+      }),
+    );
+    expect(checkTrainer(declared.file, declared.study)).toBe('version:v7');
+    const plain = setup(studyJson());
+    expect(checkTrainer(plain.file, plain.study)).toMatch(/^sha256:[0-9a-f]{64}$/);
+  });
+
+  it('refuses to resume with changed trainer code, and resumes with the old code back', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'stagetree-code-'));
     const trainer = join(dir, 'trainer.js');
     copyFileSync(join(ROOT, 'dist', 'trainer', 'quadratic.js'), trainer);
@@ -400,13 +412,13 @@ describe('liveness: every task ends, every process is accounted for', () => {
   it('fails a task that hangs past its time limit, retries it, and finishes the others', async () => {
     misbehave('hang', { ABOVE_LR: 0.03 });
     const { file, study, dir } = setup(
-      studyJson({ trainer: misbehaving, taskTimeout: 1, retries: 1 }),
+      studyJson({ trainer: misbehaving, taskTimeout: 2, retries: 1 }),
     );
     const out = await runStudy(file, study, { db: join(dir, 't.db') }, { log: quiet });
     expect(out.status.finished).toBe(true);
     expect(out.status.failed.map((f) => f.message)).toEqual([
-      expect.stringMatching(/^timed out after 1 s/),
-      expect.stringMatching(/^timed out after 1 s/),
+      expect.stringMatching(/^timed out after 2 s/),
+      expect.stringMatching(/^timed out after 2 s/),
     ]);
     const fails = storedLog(out.paths.db).filter((e) => e.kind === 'fail');
     expect(fails.length).toBe(2); // the first try and its one retry
@@ -421,15 +433,15 @@ describe('liveness: every task ends, every process is accounted for', () => {
   });
 
   it('keeps heart-beating while a trainer holds its thread with synchronous work', async () => {
-    // Each stage at lr 0.05 holds the trainer's thread for 4 s; heartbeats must still
-    // come at least every 2.5 s (before the fix they stopped for the whole 4 s).
-    misbehave('busy', { ABOVE_LR: 0.03, MS: 4000 });
+    // Each stage at lr 0.05 holds the trainer's thread for 5 s; heartbeats must still
+    // come at least every 3 s (before the fix they stopped for the whole 5 s).
+    misbehave('busy', { ABOVE_LR: 0.03, MS: 5000 });
     const { file, study, dir } = setup(studyJson({ trainer: misbehaving, workers: 1 }));
     const out = await runStudy(
       file,
       study,
       { db: join(dir, 'b.db') },
-      { log: quiet, heartbeatTimeout: 2.5 },
+      { log: quiet, heartbeatTimeout: 3 },
     );
     expect(out.status.finished).toBe(true);
     expect(storedLog(out.paths.db).filter((e) => e.kind === 'lost')).toEqual([]);
