@@ -339,6 +339,16 @@ export class StudyStore {
           this.mode = mode;
           return 'created';
         }
+        if (
+          stored.name === name &&
+          stored.json !== json &&
+          upgradeStudyJson(stored.json) === json
+        ) {
+          // A study stored by the previous release: the same study, with the new defaults.
+          this.sql.setStudyJson.run(json, now);
+          this.mode = mode;
+          return 'resumed';
+        }
         if (stored.name !== name || stored.json !== json) {
           const d =
             stored.name !== name
@@ -799,6 +809,7 @@ function prepare(db: Database.Database) {
       'INSERT INTO study (id, name, json, created_at, updated_at) VALUES (1, ?, ?, ?, ?)',
     ),
     touchStudy: db.prepare('UPDATE study SET updated_at = ? WHERE id = 1'),
+    setStudyJson: db.prepare('UPDATE study SET json = ?, updated_at = ? WHERE id = 1'),
     getStudyExtra: db.prepare('SELECT trainer_fingerprint, problem FROM study WHERE id = 1'),
     setFingerprint: db.prepare('UPDATE study SET trainer_fingerprint = ? WHERE id = 1'),
     setProblem: db.prepare('UPDATE study SET problem = ?, updated_at = ? WHERE id = 1'),
@@ -1096,4 +1107,21 @@ function storeError(e: unknown, file: string): unknown {
     );
   }
   return toIoError(e, file, 'cannot use it as a study store');
+}
+
+/**
+ * A study as stored before the hardening release, with the fields that release added set
+ * to the values that kept its meaning (`cpuOnly` false: a GPU share of 0 was rejected then;
+ * no `taskTimeout`; no trainer `version`), as canonical JSON; the text unchanged when it
+ * is not such a study.
+ */
+export function upgradeStudyJson(text: string): string {
+  const parsed: unknown = JSON.parse(text);
+  if (typeof parsed !== 'object' || parsed === null || 'cpuOnly' in parsed) return text;
+  const study = parsed as Record<string, unknown>;
+  const trainer = study.trainer as Record<string, unknown> | undefined;
+  const upgraded: Record<string, unknown> = { ...study, cpuOnly: false, taskTimeout: null };
+  if (trainer && (trainer.kind === 'node' || trainer.kind === 'python') && !('version' in trainer))
+    upgraded.trainer = { ...trainer, version: null };
+  return canonicalJson(upgraded, 'study');
 }

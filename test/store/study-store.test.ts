@@ -1,5 +1,6 @@
 import { spawn } from 'node:child_process';
-import { existsSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
@@ -824,5 +825,36 @@ describe('StudyStore: attempt seconds, errors and details', () => {
     expect(store.attempts()[1]?.error).toBe('x'.repeat(MAX_ERROR_CHARS));
     store.close();
     expect(statSync(file).size).toBeLessThan(1024 * 1024); // closed: the WAL is merged
+  });
+});
+
+describe('a study stored by the previous release', () => {
+  it('resumes: the fields added since are filled with the values that kept its meaning', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'stagetree-upgrade-'));
+    const file = join(dir, 'old.db');
+    const study = parseStudy({
+      name: 'old',
+      space: { lr: 0.1 },
+      steps: 10,
+      tuner: { kind: 'grid' },
+      metric: { name: 'loss', mode: 'min' },
+      trainer: { kind: 'node', module: './t.js', export: 'T' },
+    });
+    // The study as the previous release stored it: without the fields added since.
+    const old = JSON.parse(JSON.stringify(study)) as Record<string, unknown>;
+    delete old.cpuOnly;
+    delete old.taskTimeout;
+    delete (old.trainer as Record<string, unknown>).version;
+    const a = StudyStore.open(file);
+    expect(a.initStudy('old', old, 1)).toBe('created');
+    a.close();
+    const b = StudyStore.open(file);
+    expect(b.initStudy('old', study, 2)).toBe('resumed');
+    expect(JSON.parse(b.study().json)).toMatchObject({ cpuOnly: false, taskTimeout: null });
+    // A real difference is still refused.
+    b.close();
+    const c = StudyStore.open(file);
+    expect(() => c.initStudy('old', { ...study, steps: 11 }, 3)).toThrow(/different settings/);
+    c.close();
   });
 });
