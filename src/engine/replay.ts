@@ -47,33 +47,63 @@ export function feedLog(engine: Engine, log: readonly LogEntry[]): void {
 }
 
 export interface LogAccount {
-  /** Every task's time times its GPU share; a cancelled task counts until its cancel. */
+  /**
+   * Every attempt's wall time times its GPU share, from its task entry to its end: done,
+   * cancelled, failed, or lost with its worker (GPU time is spent whatever the outcome).
+   */
   readonly gpuSeconds: number;
   /** Time of the last event. */
   readonly makespanSeconds: number;
   readonly tasks: number;
   readonly cancelled: number;
+  /** Attempts that ended failed or lost (their GPU time is in `gpuSeconds`). */
+  readonly wasted: number;
 }
 
 /** The GPU-time account of a study, computed from its event log alone. */
 export function accountLog(log: readonly LogEntry[]): LogAccount {
-  const open = new Map<TaskId, { t: number; share: number }>();
+  const open = new Map<TaskId, { t: number; share: number; worker: string }>();
   let gpuSeconds = 0;
   let end = 0;
   let tasks = 0;
   let cancelled = 0;
+  let wasted = 0;
+  const close = (id: TaskId, t: number): boolean => {
+    const o = open.get(id);
+    if (!o) return false;
+    open.delete(id);
+    gpuSeconds += (t - o.t) * o.share;
+    return true;
+  };
   for (const e of log) {
     end = Math.max(end, e.t);
-    if (e.kind === 'task') {
-      open.set(e.task.id, { t: e.t, share: e.task.share });
-      tasks++;
-    } else if (e.kind === 'done' || e.kind === 'cancel') {
-      const o = open.get(e.task);
-      if (!o) continue;
-      open.delete(e.task);
-      gpuSeconds += (e.t - o.t) * o.share;
-      if (e.kind === 'cancel') cancelled++;
+    switch (e.kind) {
+      case 'task':
+        open.set(e.task.id, { t: e.t, share: e.task.share, worker: e.task.worker });
+        tasks++;
+        break;
+      case 'done':
+        close(e.task, e.t);
+        break;
+      case 'cancel':
+        if (close(e.task, e.t)) cancelled++;
+        break;
+      case 'fail':
+        if (close(e.task, e.t)) wasted++;
+        break;
+      case 'lost':
+        for (const [id, o] of [...open]) if (o.worker === e.worker && close(id, e.t)) wasted++;
+        break;
+      case 'propose':
+      case 'fork':
+      case 'extend':
+      case 'stop':
+      case 'metric':
+      case 'reuse':
+      case 'trialFailed':
+      case 'finish':
+        break;
     }
   }
-  return { gpuSeconds, makespanSeconds: end, tasks, cancelled };
+  return { gpuSeconds, makespanSeconds: end, tasks, cancelled, wasted };
 }
