@@ -3,6 +3,7 @@ import type { ChildProcess } from 'node:child_process';
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { WORKER_SECRET_ENV } from '../../engine/index.js';
 import type { EngineToWorker, WorkerId, WorkerPort, WorkerToEngine } from '../../engine/index.js';
+import { SlotLifecycle, SlotState } from '../slot.js';
 
 /** How to start one worker process. */
 export interface WorkerCommand {
@@ -46,6 +47,7 @@ const TAIL_LINES = 20;
 
 interface Slot {
   readonly id: WorkerId;
+  readonly life: SlotLifecycle;
   readonly child: ChildProcess;
   readonly secret: Buffer;
   port: WorkerPort | null;
@@ -160,7 +162,17 @@ export class ProcessPool {
           }),
       ),
     ).then(() => undefined);
-    const slot: Slot = { id, child, secret, port: null, pending: [], tail, gone: false, drained };
+    const slot: Slot = {
+      id,
+      life: new SlotLifecycle(id),
+      child,
+      secret,
+      port: null,
+      pending: [],
+      tail,
+      gone: false,
+      drained,
+    };
     this.slots.set(id, slot);
     child.on('error', (e) => {
       this.gone(slot, `could not start: ${e.message}`);
@@ -210,7 +222,10 @@ export class ProcessPool {
       return;
     }
     slot.port = port;
+    if (slot.life.state === SlotState.starting) slot.life.to(SlotState.idle);
     port.onMessage((m) => {
+      if ((m.kind === 'done' || m.kind === 'failed') && slot.life.state === SlotState.busy)
+        slot.life.to(SlotState.idle);
       for (const l of this.messageListeners) l(slot.id, m);
     });
     port.onClose((reason) => {
@@ -221,15 +236,32 @@ export class ProcessPool {
       }, STREAM_END_GRACE_MS).unref();
     });
     port.send({ ...this.options.welcome, workerId: slot.id });
-    for (const m of slot.pending.splice(0)) port.send(m);
+    for (const m of slot.pending.splice(0)) this.deliver(slot, m);
     for (const l of this.registeredListeners) l(slot.id);
   }
 
   send(id: WorkerId, message: EngineToWorker): void {
     const slot = this.slots.get(id);
     if (!slot || slot.gone) return;
-    if (slot.port) slot.port.send(message);
+    if (slot.port) this.deliver(slot, message);
     else slot.pending.push(message);
+  }
+
+  /** The lifecycle state of a slot, or null for one this pool never started. */
+  state(id: WorkerId): SlotState | null {
+    return this.slots.get(id)?.life.state ?? null;
+  }
+
+  private deliver(slot: Slot, message: EngineToWorker): void {
+    const state = slot.life.state;
+    if (state === SlotState.idle || state === SlotState.busy) {
+      // A task on a busy slot is a bug of the caller: the lifecycle throws.
+      if (message.kind === 'run') slot.life.to(SlotState.busy);
+      // A cancel frees the slot for the engine at once (the worker drops the late result).
+      else if (message.kind === 'cancel' && state === SlotState.busy) slot.life.to(SlotState.idle);
+      else if (message.kind === 'shutdown') slot.life.to(SlotState.draining);
+    }
+    slot.port?.send(message);
   }
 
   /** Ends a worker's stream for a protocol violation (it is then gone, and killed). */
@@ -244,16 +276,19 @@ export class ProcessPool {
   stop(id: WorkerId, reason: string, grace = 5): void {
     const slot = this.slots.get(id);
     if (!slot || slot.gone) return;
+    if (slot.life.state === SlotState.starting) slot.life.to(SlotState.draining);
     this.send(id, { kind: 'shutdown', reason });
     setTimeout(() => {
       this.kill(id);
     }, grace * 1000).unref();
   }
 
+  /** Kills a worker's process; the slot drains until the exit is seen, then it is gone. */
   kill(id: WorkerId): void {
     const slot = this.slots.get(id);
-    if (slot && slot.child.exitCode === null && slot.child.signalCode === null)
-      slot.child.kill('SIGKILL');
+    if (!slot) return;
+    if (!slot.gone && slot.life.state !== SlotState.draining) slot.life.to(SlotState.draining);
+    if (slot.child.exitCode === null && slot.child.signalCode === null) slot.child.kill('SIGKILL');
   }
 
   /** The process id of a worker (for tests that kill it). */
@@ -293,6 +328,7 @@ export class ProcessPool {
   private gone(slot: Slot, reason: string): void {
     if (slot.gone) return;
     slot.gone = true;
+    slot.life.to(SlotState.gone);
     const info: GoneInfo = { registered: slot.port !== null, output: [...slot.tail] };
     for (const l of this.goneListeners) l(slot.id, reason, info);
   }
