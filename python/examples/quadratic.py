@@ -6,8 +6,10 @@ buffer and the step. So training ``[0, 10)`` then ``[10, 20)``, or saving at 10 
 loading the bytes in another process, gives bit for bit what ``[0, 20)`` gives.
 
 Static params: ``seed`` (default 0), ``dim`` (8), ``samples`` (64), ``batch`` (16),
-``noise`` (0.1). Hyperparameters (per step, from ``hp``): ``lr`` (required) and
-``momentum`` (default 0).
+``noise`` (0.1), and ``stepDelayMs`` (0), a test knob: milliseconds to sleep per step,
+named like the TypeScript example trainer's, which slows training down (to cancel it
+mid-stage) and changes no metric. Hyperparameters (per step, from ``hp``): ``lr``
+(required) and ``momentum`` (default 0).
 
 Run it under stagetree with ``STAGETREE_TRAINER=quadratic:QuadraticTrainer`` and this
 directory on ``PYTHONPATH``.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import random
 import struct
+import time
 from typing import Any, Mapping
 
 from stagetree import Hp, Trainer
@@ -30,6 +33,7 @@ class QuadraticTrainer(Trainer):
         self.samples = int(params.get("samples", 64))
         self.batch = min(int(params.get("batch", 16)), self.samples)
         noise = float(params.get("noise", 0.1))
+        self.step_delay = max(0.0, float(params.get("stepDelayMs", 0))) / 1000.0
         self.seed = seed
         rng = random.Random(seed)
         w_true = [rng.gauss(0.0, 1.0) for _ in range(self.dim)]
@@ -47,7 +51,9 @@ class QuadraticTrainer(Trainer):
         if start != self.step:
             raise RuntimeError(f"asked to train from step {start}, the state is at {self.step}")
         for t in range(start, end):
-            h = hp(t)
+            h = hp(t)  # raises Cancelled when the engine cancelled the task
+            if self.step_delay > 0:
+                time.sleep(self.step_delay)
             lr = float(h["lr"])
             momentum = float(h.get("momentum", 0.0))
             grad = [0.0] * self.dim

@@ -103,10 +103,22 @@ MAX_FAILED_DETAIL_CHARS = 65536
 PHASES = ("start", "init", "load", "save", "train", "evaluate")
 
 #: Errors writing a checkpoint that are the machine's, not the trainer's or the
-#: worker's: TaskFailed with reason "environment" (the engine stops the run).
+#: worker's: TaskFailed with reason "environment" (the engine stops the run). The same
+#: list as the TypeScript runtime's: no permission, a read-only or full disk, and a
+#: checkpoint folder that vanished or was replaced by a file.
 ENVIRONMENT_ERRNOS = frozenset(
     getattr(errno, name)
-    for name in ("EACCES", "EPERM", "EROFS", "ENOSPC", "EDQUOT")
+    for name in (
+        "EACCES",
+        "EPERM",
+        "EROFS",
+        "ENOSPC",
+        "EDQUOT",
+        "ENOTDIR",
+        "ENOENT",
+        "EEXIST",
+        "EISDIR",
+    )
     if hasattr(errno, name)
 )
 
@@ -876,6 +888,9 @@ class Worker:
                 except (checkpoints.CheckpointError, OSError) as e:
                     raise CheckpointUnavailable(str(e)) from None
                 self._held = None
+                # load() follows init() with the same params (docs/python.md; the
+                # TypeScript runtime does the same): skipped only while an init with
+                # these params still stands.
                 if self._initialized_params != first.params_json:
                     t_init = clock()
                     self._init(first)

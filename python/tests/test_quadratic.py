@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import time
 
 from quadratic import QuadraticTrainer
 
@@ -67,3 +68,15 @@ def test_seed_changes_the_problem() -> None:
     tr.init({**PARAMS, "seed": 8}, 8)
     tr.train(0, 5, Hp(schedules(), 0, 5))
     assert tr.evaluate()["loss"] != a["loss"]
+
+
+def test_step_delay_slows_down_and_changes_no_metric() -> None:
+    slow = QuadraticTrainer()
+    params = {**PARAMS, "stepDelayMs": 20}
+    slow.init(params, params["seed"])
+    t0 = time.monotonic()
+    slow.train(0, 5, Hp(schedules(), 0, 5))
+    assert time.monotonic() - t0 >= 0.09  # five steps of 20 ms
+    fast = run([(0, 5)])
+    assert exact(slow.evaluate()) == exact(fast.evaluate())
+    assert slow.save() == fast.save()  # the knob is not part of the state

@@ -1,2 +1,2 @@
-export { WorkerAgent } from './runtime.js';
+export { PHASES, WorkerAgent } from './runtime.js';
 export type { AgentOptions, CheckpointIO } from './runtime.js';

@@ -1,3 +1,4 @@
+import stringify from 'fast-json-stable-stringify';
 import { describeError, ErrorCode, StagetreeError } from '../errors.js';
 import { PROTOCOL } from '../engine/protocol.js';
 import type { EnginePort, EngineToWorker, WireTask } from '../engine/index.js';
@@ -20,6 +21,11 @@ export interface AgentOptions {
   readonly checkpoints: (dir: string) => CheckpointIO;
   /** Monotonic seconds, for the phase timings a task reports. */
   readonly clock: () => number;
+  /**
+   * The clock's reading when the process started: the first task then reports the
+   * start-up (until the Welcome) as its `start` seconds. Default: `start` is 0.
+   */
+  readonly startedAt?: number;
   /** Proof that the engine started this worker (STAGETREE_WORKER_SECRET), sent in Register. */
   readonly secret: string;
   /**
@@ -42,6 +48,33 @@ class CheckpointUnavailable extends Error {}
 /** The machine failed a checkpoint write (folder not writable, disk full): not the trainer. */
 class EnvironmentFailure extends Error {}
 
+/**
+ * The engine's bookkeeping and the worker's state disagree (a memory restore of a state
+ * the worker does not hold, runs that do not continue from the held step): reason
+ * "worker". The engine forgets what it thought the worker held and re-computes.
+ */
+class WorkerMismatch extends Error {}
+
+/**
+ * TaskDone.seconds keys, every one present (0 when the phase did not run): process
+ * start-up (first task only), init(), checkpoint read and load(), save() and write,
+ * train(), evaluate(). The same keys as the Python runtime's.
+ */
+export const PHASES = ['start', 'init', 'load', 'save', 'train', 'evaluate'] as const;
+
+/** The state the trainer holds in memory. */
+interface Held {
+  /** Canonical JSON of the params it was trained with. */
+  readonly params: string;
+  /** The step it is at; null after a checkpoint load (the file does not say). */
+  step: number | null;
+  /** Checkpoint keys this exact state is known by (end key, saved or loaded). */
+  readonly keys: Set<string>;
+}
+
+/** JSON with object keys sorted at every level: equal params give equal text. */
+const canonicalJson = (value: unknown): string => stringify(value);
+
 /** Error codes of a write that fails because of the machine, not the trainer. */
 const ENVIRONMENT_CODES = new Set([
   'EACCES',
@@ -63,27 +96,47 @@ function environmental(e: unknown): boolean {
 
 /**
  * The TypeScript worker runtime: registers with the engine, heart-beats, and runs tasks
- * one at a time with ONE trainer kept alive across them (process reuse: a task that
- * restores from memory continues the trainer as it is; only a checkpoint restore loads
- * bytes). Trainer errors become TaskFailed with the trainer's message; the state is then
- * dropped, since it may be half-trained.
+ * one at a time with ONE trainer instance kept alive across them (process reuse: a task
+ * that restores from memory continues the trainer as it is). What it does is what the
+ * Python runtime (`python/stagetree/worker.py`) does; `test/e2e/runtime-conformance`
+ * checks both against one script:
+ *
+ * - restore `init`: `init(params, seed)`; restore `checkpoint`: the checkpoint is read,
+ *   then `init(params, seed)` unless the instance's last init that still stands had the
+ *   same params, then `load(bytes)` (a missing or corrupt checkpoint: reason
+ *   "checkpoint"); restore `memory`: the held state must be known by that key and have
+ *   the same params (else reason "worker");
+ * - every run must start where the state is (the previous run's end, step 0 after init,
+ *   the held step after a memory restore; unknown after a checkpoint load), else reason
+ *   "worker";
+ * - trainer errors become TaskFailed with reason "trainer" and the trainer's message; a
+ *   failed or cancelled task drops the state (it may be half-trained), and the next
+ *   checkpoint restore calls init again.
  */
 export class WorkerAgent {
   private trainer: Trainer | null = null;
-  /** Checkpoint key of the state the trainer holds, or null. */
-  private held: string | null = null;
+  /** The state the trainer holds, or null. */
+  private held: Held | null = null;
+  /** Canonical params of the trainer's last init() that still stands, or null. */
+  private initialized: string | null = null;
   private io: CheckpointIO | null = null;
   private running: number | null = null;
   private cancelled = new Set<number>();
   private queue: Promise<void> = Promise.resolve();
   private heartbeat: ReturnType<typeof setInterval> | null = null;
+  /** Seconds from the process start to the Welcome, reported with the first task. */
+  private startup: number | null = null;
   /** Results of tasks cancelled while they saved or evaluated: dropped, never sent. */
   dropped = 0;
+  /** The id the engine knows this worker by (its Welcome's, when it names one). */
+  private workerId: string;
 
   constructor(
     private readonly link: EnginePort,
     private readonly options: AgentOptions,
-  ) {}
+  ) {
+    this.workerId = options.workerId;
+  }
 
   /** Runs until the engine says shutdown (0) or the stream breaks (1). */
   run(): Promise<number> {
@@ -103,7 +156,7 @@ export class WorkerAgent {
         pid: process.pid,
         gpus: this.options.gpus,
         gpuShare: this.options.gpuShare,
-        holds: this.held,
+        holds: null,
         secret: this.options.secret,
       });
     });
@@ -118,6 +171,9 @@ export class WorkerAgent {
     switch (m.kind) {
       case 'welcome':
         this.io = this.options.checkpoints(m.checkpointDir);
+        if (m.workerId !== '') this.workerId = m.workerId;
+        if (this.options.startedAt !== undefined && this.startup === null)
+          this.startup = Math.max(0, this.options.clock() - this.options.startedAt);
         this.stopHeartbeat();
         if (this.options.heartbeats) return;
         this.heartbeat = setInterval(
@@ -144,11 +200,26 @@ export class WorkerAgent {
     }
   }
 
+  /** Forgets the held state; the next checkpoint restore calls init() again. */
+  private dropState(): void {
+    this.held = null;
+    this.initialized = null;
+  }
+
   private async execute(task: WireTask): Promise<void> {
-    if (this.cancelled.has(task.taskId)) return;
+    if (this.cancelled.has(task.taskId)) {
+      // Cancelled before it started: "cancelled" always leaves the worker holding nothing.
+      this.cancelled.delete(task.taskId);
+      this.dropState();
+      return;
+    }
     this.running = task.taskId;
     this.options.heartbeats?.setRunning(task.taskId);
-    const seconds: Record<string, number> = {};
+    const seconds: Record<string, number> = Object.fromEntries(PHASES.map((p) => [p, 0]));
+    if (this.startup !== null) {
+      seconds.start = this.startup;
+      this.startup = 0;
+    }
     const clock = this.options.clock;
     const timed = async <T>(phase: string, fn: () => T | Promise<T>): Promise<T> => {
       const t0 = clock();
@@ -178,41 +249,58 @@ export class WorkerAgent {
     };
     try {
       const io = this.io;
-      if (!io) throw new Error('a task arrived before the engine welcomed this worker');
-      if (task.saveFirst !== null) {
-        const trainer = this.trainer;
-        if (!trainer || this.held === null)
-          throw new Error(`nothing in memory to save as ${task.saveFirst}`);
-        await timed('save', () => save(task.saveFirst as string, io, trainer));
-      }
+      if (!io) throw new WorkerMismatch('a task arrived before the engine welcomed this worker');
       const first = task.runs[0];
-      if (!first) throw new Error('a task without stages');
+      if (!first) throw new WorkerMismatch(`task ${task.taskId} has no stage runs`);
+      const params = canonicalJson(first.params);
+      task.runs.forEach((run, k) => {
+        const before = task.runs[k - 1];
+        if (before && run.start !== before.end)
+          throw new WorkerMismatch(
+            `runs[${k}]: expected it to start where runs[${k - 1}] ends (${before.end}), got ${run.start}`,
+          );
+        if (k > 0 && canonicalJson(run.params) !== params)
+          throw new WorkerMismatch(`runs[${k}]: params differ from runs[0] within one task`);
+      });
+      const trainer = (this.trainer ??= this.options.trainer());
+      if (task.saveFirst !== null) {
+        const held = this.held;
+        if (held === null)
+          throw new WorkerMismatch(
+            `save_first ${task.saveFirst}: the worker holds no state to save`,
+          );
+        await timed('save', () => save(task.saveFirst as string, io, trainer));
+        held.keys.add(task.saveFirst);
+      }
       const r = task.restore;
       if (r.from === 'memory') {
-        if (this.held !== r.key || !this.trainer) {
-          throw new Error(
-            `the engine expected state ${r.key} in memory, this worker holds ${this.held ?? 'none'}`,
-          );
-        }
+        this.checkMemory(r.key, params);
       } else if (r.from === 'checkpoint') {
-        const trainer = (this.trainer ??= this.options.trainer());
-        this.held = null;
+        const t0 = clock();
         let bytes: Uint8Array;
         try {
           bytes = await io.load(r.key);
         } catch (e) {
           throw new CheckpointUnavailable(e instanceof Error ? e.message : String(e));
         }
-        await timed('load', () => trainer.load(bytes));
-      } else {
-        const trainer = (this.trainer ??= this.options.trainer());
+        seconds.load = (seconds.load ?? 0) + (clock() - t0);
         this.held = null;
-        const seed = typeof first.params.seed === 'number' ? first.params.seed : 0;
-        await timed('init', () => trainer.init(first.params, seed));
+        // load() overwrites the state of an instance init() prepared with these params.
+        if (this.initialized !== params) await this.init(trainer, first.params, params, timed);
+        await timed('load', () => trainer.load(bytes));
+        this.held = { params, step: null, keys: new Set([r.key]) };
+      } else {
+        this.held = null;
+        await this.init(trainer, first.params, params, timed);
+        this.held = { params, step: 0, keys: new Set() };
       }
-      const trainer = this.trainer;
-      this.held = null;
+      const held = this.held as Held;
       for (const run of task.runs) {
+        if (held.step !== null && run.start !== held.step)
+          throw new WorkerMismatch(
+            `stage ${run.stage} starts at step ${run.start}, but the state is at step ${held.step}`,
+          );
+        if (isCancelled()) throw new Cancelled();
         const hps = Object.keys(run.schedules).sort();
         const hp = (step: number): HyperparameterValues => {
           if (isCancelled()) throw new Cancelled();
@@ -220,32 +308,42 @@ export class WorkerAgent {
           for (const h of hps) out[h] = valueAt(run.schedules[h] as Canonical, step);
           return out;
         };
+        held.keys.clear(); // training changes the state
+        held.step = null;
         await timed('train', () => trainer.train(run.start, run.end, hp, signal));
         if (isCancelled()) throw new Cancelled();
+        held.step = run.end;
         this.link.send({ kind: 'progress', taskId: task.taskId, step: run.end });
       }
       if (task.saveAfter !== null) {
         await timed('save', () => save(task.saveAfter as string, io, trainer));
+        held.keys.add(task.saveAfter);
       }
+      held.keys.add(task.endKey);
       const metrics = await timed('evaluate', () => trainer.evaluate());
-      this.held = task.endKey;
       // A cancel that came while saving or evaluating: the engine has moved on.
       if (isCancelled()) {
         this.dropped++;
+        this.dropState();
         return;
       }
       this.link.send({ kind: 'done', taskId: task.taskId, metrics: { ...metrics }, seconds });
     } catch (e) {
-      this.held = null;
-      this.trainer = null;
+      this.dropState();
       if (!(e instanceof Cancelled) && !isCancelled()) {
+        const mismatch = e instanceof WorkerMismatch;
         this.link.send({
           kind: 'failed',
           taskId: task.taskId,
-          message: describeError(e),
-          detail: e instanceof Error ? (e.stack ?? '') : '',
-          reason:
-            e instanceof CheckpointUnavailable
+          message: mismatch ? `worker ${this.workerId}: ${e.message}` : describeError(e),
+          detail: mismatch
+            ? "the engine's view of this worker and the worker's own state differ"
+            : e instanceof Error
+              ? (e.stack ?? '')
+              : '',
+          reason: mismatch
+            ? 'worker'
+            : e instanceof CheckpointUnavailable
               ? 'checkpoint'
               : e instanceof EnvironmentFailure
                 ? 'environment'
@@ -257,5 +355,32 @@ export class WorkerAgent {
       this.options.heartbeats?.setRunning(null);
       this.cancelled.delete(task.taskId);
     }
+  }
+
+  private async init(
+    trainer: Trainer,
+    raw: Readonly<Record<string, unknown>>,
+    params: string,
+    timed: (phase: string, fn: () => void | Promise<void>) => Promise<void>,
+  ): Promise<void> {
+    this.initialized = null;
+    const seed = typeof raw.seed === 'number' ? raw.seed : 0;
+    await timed('init', () => trainer.init(raw, seed));
+    this.initialized = params;
+  }
+
+  /** A memory restore: the held state must be known by `key` and have the same params. */
+  private checkMemory(key: string, params: string): void {
+    const held = this.held;
+    if (held === null)
+      throw new WorkerMismatch(`restore from memory ${key}: the worker holds no state`);
+    if (held.keys.size > 0 && !held.keys.has(key))
+      throw new WorkerMismatch(
+        `restore from memory ${key}: the worker holds ${[...held.keys].sort().join(', ')}`,
+      );
+    if (held.params !== params)
+      throw new WorkerMismatch(
+        `restore from memory ${key}: the held state was trained with other params`,
+      );
   }
 }

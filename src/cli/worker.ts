@@ -139,7 +139,9 @@ async function main(): Promise<number> {
         load: (key) => Promise.resolve(new Uint8Array(open().get(key))),
       };
     },
+    // performance.now() counts from the process start.
     clock: () => performance.now() / 1000,
+    startedAt: 0,
     heartbeats: {
       setRunning: (taskId) => Atomics.store(state, 0, BigInt(taskId ?? 0)),
       cancelled: (taskId) => Atomics.load(state, 1) === BigInt(taskId),

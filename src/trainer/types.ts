@@ -12,6 +12,15 @@
  *   may not keep references into `bytes` it later mutates (two stages may load the same
  *   checkpoint).
  *
+ * `load` follows `init`: on a checkpoint restore the worker calls `init(params, seed)`
+ * with the task's params and then `load(bytes)`, skipping the `init` only when the
+ * instance's last `init` was with the same params and no failed or cancelled task has
+ * dropped the state since. So `load` only has to overwrite the state of an instance
+ * `init` prepared (a model built, as a PyTorch trainer needs before `load_state_dict`);
+ * one that rebuilds everything from the bytes (`QuadraticTrainer`) works too. The Python
+ * runtime does the same (docs/python.md). The worker makes ONE instance and keeps it for
+ * its whole life, also after a task failed.
+ *
  * A deterministic trainer (same seed, same values, same results) gets the equivalence
  * guarantee: every trial's metrics under stage-tree execution equal running it alone.
  */
