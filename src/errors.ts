@@ -18,8 +18,13 @@ export const ErrorCode = {
   environment: 'STAGETREE_ENVIRONMENT',
   /** A stored study cannot be resumed as it is (its log does not replay, its trainer changed). */
   resume: 'STAGETREE_RESUME',
-  /** A bug in stagetree itself. */
+  /** A bug in stagetree itself (`InternalError`): a state its own code should never reach. */
   internal: 'STAGETREE_INTERNAL',
+  /**
+   * A ready stage fits on no GPU of the cluster (`ResourceFitError`): its GPU share is more
+   * than a GPU holds, or there are no GPUs. Engine options that `parseStudy` would refuse.
+   */
+  resourceFit: 'STAGETREE_RESOURCE_FIT',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 
@@ -94,10 +99,195 @@ export class NotFoundError extends StagetreeError {
   }
 }
 
-/** An operation that contradicts the current state (a trial id used twice, ...). */
+/**
+ * An operation that contradicts the current state. The base of the conflicts below, which
+ * all carry the code `STAGETREE_CONFLICT`; throw one of them (one class per condition),
+ * and catch this to handle any conflict.
+ */
 export class ConflictError extends StagetreeError {
-  constructor(message: string) {
-    super(ErrorCode.conflict, message);
+  constructor(message: string, options?: ErrorOptions) {
+    super(ErrorCode.conflict, message, options);
+  }
+}
+
+/** A trial id that the stage tree holds already: trial ids must be unique. */
+export class TrialExistsError extends ConflictError {
+  readonly trial: string;
+
+  constructor(trial: string) {
+    super(`trial ${JSON.stringify(trial)} already exists; trial ids must be unique`);
+    this.trial = trial;
+  }
+}
+
+/** An extension of a trial that was stopped: a stopped trial never trains again. */
+export class TrialStoppedError extends ConflictError {
+  readonly trial: string;
+
+  constructor(trial: string) {
+    super(`trial ${JSON.stringify(trial)} is stopped; fork a new trial from it instead`);
+    this.trial = trial;
+  }
+}
+
+/** Why a stage cannot be marked done: a root (always done), done already, or its parent is not. */
+export type MarkDoneProblem = 'root' | 'done' | 'parentNotDone';
+
+/** `markDone` of a stage that cannot be marked done now; `problem` says why. */
+export class MarkDoneError extends ConflictError {
+  readonly stage: string;
+  readonly problem: MarkDoneProblem;
+  /** The stage's parent (null for a root). */
+  readonly parent: string | null;
+
+  constructor(stage: string, problem: MarkDoneProblem, parent: string | null) {
+    super(
+      problem === 'root'
+        ? `stage ${stage} is a root; roots are always done`
+        : problem === 'done'
+          ? `stage ${stage} is already done`
+          : `stage ${stage} cannot be done before its parent ${String(parent)}`,
+    );
+    this.stage = stage;
+    this.problem = problem;
+    this.parent = parent;
+  }
+}
+
+/** A result for a task the engine does not run (it finished or was cancelled already). */
+export class NotRunningError extends ConflictError {
+  readonly task: number;
+
+  constructor(task: number) {
+    super(`task ${task} is not running (finished or cancelled already)`);
+    this.task = task;
+  }
+}
+
+/**
+ * A study store holds another study than the one given (another name, or other settings).
+ * `path` is the first field that differs (`name` for another name), `stored` and `given`
+ * its two values as `describeValue` renders them; all three are null when no field could
+ * be singled out.
+ */
+export class StudyMismatchError extends ConflictError {
+  readonly file: string;
+  /** The name of the study the store holds. */
+  readonly storedName: string;
+  readonly path: string | null;
+  readonly stored: string | null;
+  readonly given: string | null;
+
+  constructor(
+    file: string,
+    storedName: string,
+    difference: { readonly path: string; readonly stored: string; readonly given: string } | null,
+  ) {
+    const where = difference
+      ? ` (first difference at ${difference.path}: stored ${difference.stored}, given ${difference.given})`
+      : '';
+    super(
+      `${file} holds study ${JSON.stringify(storedName)} with different settings${where}; ` +
+        `resume it with the same study file, or give a new store file to start a new study`,
+    );
+    this.file = file;
+    this.storedName = storedName;
+    this.path = difference?.path ?? null;
+    this.stored = difference?.stored ?? null;
+    this.given = difference?.given ?? null;
+  }
+}
+
+/** A file that is not a stagetree study store: another SQLite database, or not SQLite at all. */
+export class NotAStoreError extends ConflictError {
+  readonly file: string;
+  /** What was found instead, e.g. "an SQLite database with other tables". */
+  readonly found: string;
+
+  constructor(file: string, found: string, options?: ErrorOptions) {
+    super(
+      `${file} is not a stagetree study store (${found}); ` +
+        `name a new file or one a stagetree run wrote`,
+      options,
+    );
+    this.file = file;
+    this.found = found;
+  }
+}
+
+/**
+ * A log entry appended to a study store contradicts the log it holds: it adds a trial the
+ * log has (`problem` "duplicate"), or names one the log never proposed ("unknown").
+ */
+export class LogConflictError extends ConflictError {
+  readonly file: string;
+  /** Where in the appended batch, e.g. `entries[3].trial`. */
+  readonly entry: string;
+  readonly trial: string;
+  readonly problem: 'duplicate' | 'unknown';
+
+  constructor(file: string, entry: string, trial: string, problem: 'duplicate' | 'unknown') {
+    super(
+      problem === 'duplicate'
+        ? `${file}: ${entry} adds trial ${JSON.stringify(trial)}, which the log already has`
+        : `${file}: ${entry} names trial ${JSON.stringify(trial)}, which the log never proposed`,
+    );
+    this.file = file;
+    this.entry = entry;
+    this.trial = trial;
+    this.problem = problem;
+  }
+}
+
+/** An attempt whose end a study store recorded already. */
+export class AttemptEndedError extends ConflictError {
+  readonly file: string;
+  readonly attempt: number;
+  readonly task: number;
+  /** How it ended. */
+  readonly outcome: string;
+
+  constructor(file: string, attempt: number, task: number, outcome: string) {
+    super(`${file}: attempt ${attempt} (task ${task}) ended already (${outcome})`);
+    this.file = file;
+    this.attempt = attempt;
+    this.task = task;
+    this.outcome = outcome;
+  }
+}
+
+/**
+ * A ready stage fits on no GPU while nothing runs: it needs `share` of a GPU, a GPU holds
+ * `capacity` (1), and the cluster has `gpus`. `parseStudy` refuses such shares; engine
+ * options built by hand can still hold one.
+ */
+export class ResourceFitError extends StagetreeError {
+  readonly stage: string;
+  readonly share: number;
+  readonly capacity: number;
+  readonly gpus: number;
+
+  constructor(stage: string, share: number, capacity: number, gpus: number) {
+    super(
+      ErrorCode.resourceFit,
+      `stage ${stage} fits on no GPU: it needs a GPU share of ${share}, a GPU holds ${capacity} ` +
+        `and the cluster has ${gpus}; check resources.gpus (each share in (0, 1]) and resources.cluster`,
+    );
+    this.stage = stage;
+    this.share = share;
+    this.capacity = capacity;
+    this.gpus = gpus;
+  }
+}
+
+/**
+ * A state stagetree's own code should never reach (a stage created twice, a kept state
+ * that lost its stage): a bug in stagetree, not a user mistake. The message says what was
+ * found; the CLI asks for a report.
+ */
+export class InternalError extends StagetreeError {
+  constructor(message: string, options?: ErrorOptions) {
+    super(ErrorCode.internal, `internal: ${message}`, options);
   }
 }
 

@@ -1,7 +1,7 @@
 import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
-import { EnvironmentError, ErrorCode, StagetreeError } from '../errors.js';
+import { EnvironmentError, ErrorCode, InternalError, StagetreeError } from '../errors.js';
 import { planStudy, renderPlan, renderSimulation, simulateStudy } from '../report/index.js';
 import { StudyStore } from '../store/index.js';
 import type { StudyStatus } from '../store/index.js';
@@ -38,9 +38,14 @@ export async function loadStudy(file: string): Promise<Study> {
   try {
     return parseStudy(json);
   } catch (e) {
-    if (e instanceof StagetreeError) throw new StudyFileError(file, e.message, e);
+    if (userError(e)) throw new StudyFileError(file, e.message, e);
     throw e;
   }
+}
+
+/** A stagetree error about the user's input (not a bug in stagetree). */
+function userError(e: unknown): e is StagetreeError {
+  return e instanceof StagetreeError && !(e instanceof InternalError);
 }
 
 /** Runs `fn`; a user-facing error it throws is reported against the study file. */
@@ -48,7 +53,7 @@ function withFile<T>(file: string, fn: () => T): T {
   try {
     return fn();
   } catch (e) {
-    if (e instanceof StagetreeError && !(e instanceof StudyFileError))
+    if (userError(e) && !(e instanceof StudyFileError))
       throw new StudyFileError(file, e.message, e);
     throw e;
   }
@@ -257,7 +262,7 @@ export async function main(argv: readonly string[], io: Io = processIo): Promise
   } catch (e) {
     if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : 2;
     if (debug && e instanceof Error && e.stack) io.err(e.stack);
-    if (e instanceof StagetreeError) {
+    if (userError(e)) {
       io.err(`error ${e.code}: ${e.message}`);
       return 1;
     }

@@ -6,6 +6,7 @@ import { fileURLToPath } from 'node:url';
 import {
   describeError,
   EnvironmentError,
+  InternalError,
   IoError,
   ResumeError,
   StagetreeError,
@@ -42,8 +43,7 @@ export function defaultPaths(studyFile: string, study: Study, given: Partial<Run
 type RealTrainer = Exclude<Study['trainer'], { kind: 'sim' }>;
 
 function realTrainer(study: Study): RealTrainer {
-  if (study.trainer.kind === 'sim')
-    throw new Error('internal: a sim trainer has no worker process');
+  if (study.trainer.kind === 'sim') throw new InternalError('a sim trainer has no worker process');
   return study.trainer;
 }
 

@@ -1,5 +1,5 @@
-import { ConflictError } from '../errors.js';
-import { place, orderReady } from '../scheduler/index.js';
+import { InternalError, NotRunningError, ResourceFitError } from '../errors.js';
+import { EPS, place, orderReady } from '../scheduler/index.js';
 import type { GpuView, WorkerView } from '../scheduler/index.js';
 import type { Canonical } from '../schedule/index.js';
 import { createRng } from '../study/index.js';
@@ -331,8 +331,7 @@ export class Engine {
   complete(now: number, taskId: TaskId, result: TaskResult): Commands {
     this.now = now;
     const r = this.running.get(taskId);
-    if (!r)
-      throw new ConflictError(`task ${taskId} is not running (finished or cancelled already)`);
+    if (!r) throw new NotRunningError(taskId);
     this.release(r);
     const worker = this.workers.get(r.task.worker) as WorkerState;
     this.log.push({ t: now, kind: 'done', task: taskId, metric: result.metric });
@@ -457,13 +456,9 @@ export class Engine {
       this.reportTrained();
       // A tuner may finish the study from a metric callback.
       if (this.isFinished()) return;
-      const placed = this.placeReady();
+      const stuck = this.placeReady();
       if (this.running.size > 0) return;
-      if (placed === 'stuck') {
-        throw new ConflictError(
-          'a ready stage fits on no GPU (its GPU share is larger than one GPU?); check resources.gpus',
-        );
-      }
+      if (stuck) throw this.stuckError(stuck);
       const before = this.log.length;
       this.tuner.onIdle(this.ctx);
       if (this.log.length === before || ++idle > 10_000) {
@@ -483,12 +478,15 @@ export class Engine {
     return c;
   }
 
-  /** Places what it can; 'stuck' when ready stages exist but none could be placed on an idle cluster. */
-  private placeReady(): 'ok' | 'stuck' {
+  /**
+   * Places what it can. Returns the first ready stage in placement order when ready stages
+   * exist but none could be placed and nothing runs (the cluster is idle), else null.
+   */
+  private placeReady(): Stage | null {
     this.reuseOffered();
-    if (this.finished || !this.hasRoom()) return 'ok';
+    if (this.finished || !this.hasRoom()) return null;
     const ready = readyStages(this.tree, { sorted: false }).filter((s) => !this.isRunning(s));
-    if (ready.length === 0) return 'ok';
+    if (ready.length === 0) return null;
     const held = new Set<StageId>();
     for (const id of this.idle) {
       const h = (this.workers.get(id) as WorkerState).holds;
@@ -506,7 +504,23 @@ export class Engine {
       if (!this.hasRoom()) break;
       if (this.launch(s)) placedAny = true;
     }
-    return placedAny || this.running.size > 0 ? 'ok' : 'stuck';
+    return placedAny || this.running.size > 0 ? null : (ordered[0] ?? null);
+  }
+
+  /**
+   * Why a ready stage could not be placed on an idle cluster: its share fits on no GPU (a
+   * `ResourceFitError`), or, when it would fit, a bug in placement (an `InternalError`).
+   */
+  private stuckError(s: Stage): Error {
+    const share = this.options.share(stageValues(this.tree, s.id));
+    const capacity = 1;
+    if (share > capacity + EPS || this.options.gpus === 0) {
+      return new ResourceFitError(s.id, share, capacity, this.options.gpus);
+    }
+    return new InternalError(
+      `stage ${s.id} (GPU share ${share}) could not be placed on an idle cluster of ` +
+        `${this.options.gpus} GPUs and ${this.workers.size} of ${this.options.maxWorkers} workers`,
+    );
   }
 
   /**
@@ -566,9 +580,9 @@ export class Engine {
   private resolve(id: StageId): StageId {
     if (this.stageExists(id)) return id;
     const info = this.stateOf.get(id);
-    if (!info) throw new Error(`internal: no record of state ${id}`);
+    if (!info) throw new InternalError(`no record of state ${id}`);
     const found = pathOf(this.tree, info.rep).find((p) => p.end === info.end);
-    if (!found) throw new Error(`internal: state ${id} lost its stage`);
+    if (!found) throw new InternalError(`state ${id} lost its stage`);
     this.stateOf.set(found.id, info);
     return found.id;
   }

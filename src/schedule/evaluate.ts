@@ -1,3 +1,4 @@
+import { InternalError } from '../errors.js';
 import type { Schedule, Value } from './types.js';
 
 /** Significant digits at which numeric hyperparameter values are compared and used. */
@@ -66,7 +67,7 @@ export function evaluate(s: Schedule, t: number): Value {
         begin = part.until;
       }
       /* c8 ignore next */
-      throw new Error('unreachable: validated concat has an open last part');
+      throw new InternalError('unreachable: a validated concat has an open last part');
     }
   }
 }

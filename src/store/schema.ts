@@ -1,5 +1,5 @@
 import type Database from 'better-sqlite3';
-import { ConflictError, ErrorCode, StagetreeError } from '../errors.js';
+import { ErrorCode, NotAStoreError, StagetreeError } from '../errors.js';
 
 /**
  * The study store's schema, as migrations: `MIGRATIONS[i]` takes a file from
@@ -127,15 +127,15 @@ export function migrate(db: Database.Database, file: string): void {
         .prepare(`SELECT count(*) AS n FROM sqlite_master WHERE type = 'table'`)
         .get() as { n: number };
       if (tables.n > 0) {
-        throw new ConflictError(
-          `${file} is an SQLite database but not a stagetree study store; ` +
-            `name a new file or one a stagetree run wrote`,
+        throw new NotAStoreError(
+          file,
+          `an SQLite database with ${tables.n} ${tables.n === 1 ? 'table' : 'tables'} and no stagetree schema`,
         );
       }
     } else {
       const app = db.pragma('application_id', { simple: true }) as number;
       if (app !== APPLICATION_ID) {
-        throw new ConflictError(`${file} is an SQLite database but not a stagetree study store`);
+        throw new NotAStoreError(file, `an SQLite database with application id ${app}`);
       }
     }
     for (let v = version; v < MIGRATIONS.length; v++) {

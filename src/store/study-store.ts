@@ -5,12 +5,15 @@ import { dirname, resolve } from 'node:path';
 import Database from 'better-sqlite3';
 import type { LogEntry, TaskId, WorkerId } from '../engine/types.js';
 import {
-  ConflictError,
+  AttemptEndedError,
   describeValue,
   IoError,
+  LogConflictError,
+  NotAStoreError,
   NotFoundError,
   StagetreeError,
   StoreBusyError,
+  StudyMismatchError,
   ValidationError,
 } from '../errors.js';
 import { METRIC_MODES } from '../study/index.js';
@@ -64,7 +67,7 @@ export interface StoredStudy {
   readonly updatedAt: number;
 }
 
-/** A row of the `trials` table: what the log says about one trial (and `failTrial`). */
+/** A row of the `trials` table: what the log says about one trial. */
 export interface TrialRow {
   readonly id: TrialId;
   /** The event (`seq`) that proposed or forked it. */
@@ -76,7 +79,7 @@ export interface TrialRow {
   readonly best: { readonly step: number; readonly value: number } | null;
   /** The highest step it has a metric at, or null. */
   readonly lastStep: number | null;
-  /** Why it failed (`failTrial`), or null. */
+  /** Why it failed (its `trialFailed` entry's message), or null. */
   readonly error: string | null;
 }
 
@@ -314,15 +317,11 @@ export class StudyStore {
 
   // ------------------------------------------------------------------ study
 
-  hasStudy(): boolean {
-    return this.sql.getStudy.get() !== undefined;
-  }
-
   /**
    * Stores the study (the object `parseStudy` returned), or, when the file holds one
    * already, checks that it is the same study (canonical JSON, byte for byte) and marks
-   * it updated at `now`: that is a resume. A different study is a `ConflictError` naming
-   * the file and the first field that differs.
+   * it updated at `now`: that is a resume. A different study is a `StudyMismatchError`
+   * naming the file and the first field that differs.
    */
   initStudy(name: string, study: object, now: number): 'created' | 'resumed' {
     if (typeof name !== 'string' || name === '') {
@@ -354,13 +353,7 @@ export class StudyStore {
             stored.name !== name
               ? { path: 'name', stored: describeValue(stored.name), given: describeValue(name) }
               : firstJsonDifference(JSON.parse(stored.json), JSON.parse(json));
-          const where = d
-            ? ` (first difference at ${d.path}: stored ${d.stored}, given ${d.given})`
-            : '';
-          throw new ConflictError(
-            `${this.file} holds study ${JSON.stringify(stored.name)} with different settings${where}; ` +
-              `resume it with the same study file, or give a new store file to start a new study`,
-          );
+          throw new StudyMismatchError(this.file, stored.name, d);
         }
         this.sql.touchStudy.run(now);
         return 'resumed';
@@ -373,18 +366,6 @@ export class StudyStore {
     const row = this.sql.getStudy.get() as StudyDbRow | undefined;
     if (!row) throw new NotFoundError('study in store', this.file, 'run initStudy first');
     return { name: row.name, json: row.json, createdAt: row.created_at, updatedAt: row.updated_at };
-  }
-
-  /** The stored study's canonical JSON text. */
-  studyJson(): string {
-    return this.study().json;
-  }
-
-  /** Sets the study's updated time. */
-  touch(now: number): void {
-    checkTime(now, 'now');
-    this.requireMode();
-    this.sql.touchStudy.run(now);
   }
 
   /**
@@ -567,18 +548,14 @@ export class StudyStore {
     where: string,
   ): void {
     if (this.sql.getTrial.get(id) !== undefined) {
-      throw new ConflictError(
-        `${this.file}: ${where} adds trial ${JSON.stringify(id)}, which the log already has`,
-      );
+      throw new LogConflictError(this.file, where, id, 'duplicate');
     }
     this.sql.insertTrial.run(id, seq, until, forkOf, forkAt);
   }
 
   private requireTrial(id: TrialId, where: string): void {
     if (this.sql.getTrial.get(id) === undefined) {
-      throw new ConflictError(
-        `${this.file}: ${where} names trial ${JSON.stringify(id)}, which the log never proposed`,
-      );
+      throw new LogConflictError(this.file, where, id, 'unknown');
     }
   }
 
@@ -635,19 +612,6 @@ export class StudyStore {
     return rows.map((r) => ({ trial: r.trial, step: r.step, value: r.value ?? Number.NaN }));
   }
 
-  /**
-   * Marks a trial failed with `message` (a worker failed its task for good; cut to
-   * `MAX_ERROR_CHARS`). A later `stop` of it in the log keeps it failed. `NotFoundError`
-   * for an unknown trial.
-   */
-  failTrial(trialId: TrialId, message: string): void {
-    if (typeof message !== 'string') throw new ValidationError('message', 'a string', message);
-    const info = this.sql.failTrial.run(clip(message, MAX_ERROR_CHARS), trialId);
-    if (info.changes === 0) {
-      throw new NotFoundError('trial', trialId, `${this.file} has no such trial`);
-    }
-  }
-
   // ------------------------------------------------------------------ attempts
 
   /** Records that a worker started a task; returns the attempt's id. */
@@ -664,8 +628,8 @@ export class StudyStore {
    * Records how an attempt ended: its outcome, the worker's seconds by phase (summed in
    * `status().attempts.phaseSeconds`), its error and detail, cut to `MAX_ERROR_CHARS` and
    * `MAX_DETAIL_CHARS` with a note of how much was cut (a runaway error text must not
-   * bloat the store). `NotFoundError` for an unknown attempt, `ConflictError` for one that
-   * ended already.
+   * bloat the store). `NotFoundError` for an unknown attempt, `AttemptEndedError` for one
+   * that ended already.
    */
   finishAttempt(id: number, end: AttemptEnd): void {
     checkTime(end.endedAt, 'endedAt');
@@ -690,9 +654,7 @@ export class StudyStore {
         if (!row)
           throw new NotFoundError('attempt', String(id), `${this.file} has no such attempt`);
         if (row.outcome !== null) {
-          throw new ConflictError(
-            `${this.file}: attempt ${id} (task ${row.task}) ended already (${row.outcome})`,
-          );
+          throw new AttemptEndedError(this.file, id, row.task, row.outcome);
         }
         this.sql.finishAttempt.run(
           end.endedAt,
@@ -1089,14 +1051,14 @@ const SQLITE_PROBLEMS: Readonly<Record<string, string>> = {
 
 /**
  * An error from opening a store, as the store reports it: stagetree's own errors as they
- * are; a file that is not SQLite or is damaged a `ConflictError`; every other SQLite or
+ * are; a file that is not SQLite or is damaged a `NotAStoreError`; every other SQLite or
  * file-system error an `IoError` naming the file.
  */
 function storeError(e: unknown, file: string): unknown {
   if (e instanceof StagetreeError) return e;
   if (isSqliteError(e)) {
     if (e.code === 'SQLITE_NOTADB' || e.code === 'SQLITE_CORRUPT') {
-      return new ConflictError(`${file} is not a stagetree study store (${e.message})`);
+      return new NotAStoreError(file, e.message, { cause: e });
     }
     const base = e.code.replace(/^(SQLITE_[A-Z]+).*$/, '$1');
     const hint = SQLITE_PROBLEMS[base];

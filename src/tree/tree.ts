@@ -1,7 +1,14 @@
 import stringify from 'fast-json-stable-stringify';
 import { freeze, produce } from 'immer';
 import type { Draft } from 'immer';
-import { ConflictError, NotFoundError, ValidationError } from '../errors.js';
+import {
+  InternalError,
+  MarkDoneError,
+  NotFoundError,
+  TrialExistsError,
+  TrialStoppedError,
+  ValidationError,
+} from '../errors.js';
 import { firstDiff, hashText, prefixKey, splice, valueAt } from '../schedule/index.js';
 import type { Canonical, Value } from '../schedule/index.js';
 import {
@@ -215,7 +222,7 @@ class Editor {
 
   private newStage(parentId: StageId, start: number, end: number, t: TrialRecord): StageId {
     const id = stageIdOf(t, start, end);
-    if (shardGet(this.stages, id)) throw new Error(`internal: stage ${id} exists twice`);
+    if (shardGet(this.stages, id)) throw new InternalError(`stage ${id} exists twice`);
     this.putStage(
       freeze<Stage>({
         id,
@@ -242,7 +249,8 @@ class Editor {
    */
   private split(id: StageId, m: number): StageId {
     const old = this.stage(id);
-    if (!(old.start < m && m < old.end)) throw new Error(`internal: split ${id} at ${m}`);
+    if (!(old.start < m && m < old.end))
+      throw new InternalError(`split of ${id} at ${m}, outside its range`);
     const rep = this.trial(old.rep);
     const topId = stageIdOf(rep, old.start, m);
     const bottomId = stageIdOf(rep, m, old.end);
@@ -298,7 +306,7 @@ class Editor {
       const child = this.stage(childId);
       const limit = Math.min(child.end, nextCut);
       const d = child.rep === t.id ? limit : divergence(t, this.trial(child.rep), step, limit);
-      if (d <= step) throw new Error(`internal: divergence at ${d} <= ${step}`);
+      if (d <= step) throw new InternalError(`divergence at ${d} <= ${step}`);
       if (d < child.end) {
         cur = this.split(childId, d);
         step = d;
@@ -330,9 +338,7 @@ class Editor {
       throw new ValidationError('trial.id', 'a non-empty string', input.id);
     }
     if (shardGet(this.trials, input.id)) {
-      throw new ConflictError(
-        `trial ${JSON.stringify(input.id)} already exists; trial ids must be unique`,
-      );
+      throw new TrialExistsError(input.id);
     }
     const { until, reports } = checkSteps(input.until, input.reports, path, 0);
     const hps = Object.keys(input.schedules).sort();
@@ -389,9 +395,7 @@ class Editor {
   extend(id: TrialId, until: number, reports: readonly number[] = []): void {
     const t = this.trial(id);
     if (t.status !== 'active') {
-      throw new ConflictError(
-        `trial ${JSON.stringify(id)} is stopped; fork a new trial from it instead`,
-      );
+      throw new TrialStoppedError(id);
     }
     const checked = checkSteps(until, reports, `extend(${JSON.stringify(id)})`, t.until);
     const path = this.walk({ ...t, cuts: checked.reports }, t.leaf, checked.until);
@@ -458,11 +462,10 @@ class Editor {
 
   markDone(id: StageId, force: boolean): void {
     const s = this.stage(id);
-    if (s.parent === null) throw new ConflictError(`stage ${id} is a root; roots are always done`);
-    if (s.done) throw new ConflictError(`stage ${id} is already done`);
-    if (!force && !this.stage(s.parent).done) {
-      throw new ConflictError(`stage ${id} cannot be done before its parent ${s.parent}`);
-    }
+    if (s.parent === null) throw new MarkDoneError(id, 'root', null);
+    if (s.done) throw new MarkDoneError(id, 'done', s.parent);
+    if (!force && !this.stage(s.parent).done)
+      throw new MarkDoneError(id, 'parentNotDone', s.parent);
     this.updateStage(id, { done: true });
     this.refresh(id);
     for (const child of shardValues(s.children)) this.refresh(child);
@@ -583,7 +586,7 @@ export function pathOf(tree: StageTree, id: TrialId): Stage[] {
   return out.reverse();
 }
 
-/** The children of a stage, sorted by start values for display and by id for ties. */
+/** The children of a stage, sorted by id (an order that does not depend on insertion order). */
 export function childrenOf(tree: StageTree, id: StageId): Stage[] {
   return [...shardValues(getStage(tree, id).children)]
     .map((c) => getStage(tree, c))
@@ -619,43 +622,6 @@ export function reportsAt(tree: StageTree, id: StageId): TrialId[] {
 export function stageValues(tree: StageTree, id: StageId, step?: number): Record<string, Value> {
   const s = getStage(tree, id);
   return valuesAt(getTrial(tree, s.rep), step ?? s.start);
-}
-
-const remaining = (s: Stage): number => (s.refs > 0 && !s.done ? s.end - s.start : 0);
-
-/** Demanded, not yet trained steps in the stage's subtree (itself included). */
-export function remainingWork(tree: StageTree, id: StageId): number {
-  let sum = 0;
-  for (const s of subtree(tree, id)) sum += remaining(s);
-  return sum;
-}
-
-/** Steps on the longest demanded, not yet trained chain starting at the stage: its critical path. */
-export function remainingPath(tree: StageTree, id: StageId): number {
-  const s = getStage(tree, id);
-  let best = 0;
-  for (const c of shardValues(s.children)) {
-    const child = getStage(tree, c);
-    if (child.refs > 0) best = Math.max(best, remainingPath(tree, c));
-  }
-  return remaining(s) + best;
-}
-
-/** Whether more than one demanded child continues from the stage's end (its state is needed twice). */
-export function isForkPoint(tree: StageTree, id: StageId): boolean {
-  let n = 0;
-  for (const c of shardValues(getStage(tree, id).children)) if (getStage(tree, c).refs > 0) n++;
-  return n > 1;
-}
-
-/**
- * Non-root stages whose end is a fork point, sorted. A root's state is the trainer's
- * fresh initialisation, which any worker re-creates without a checkpoint.
- */
-export function forkPoints(tree: StageTree): StageId[] {
-  const out: StageId[] = [];
-  for (const s of allStages(tree)) if (isForkPoint(tree, s.id)) out.push(s.id);
-  return out.sort();
 }
 
 /** Unique steps of the tree: the length of every stage that is demanded or done. */

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { ExecutionMode, accountLog, replay } from '../../src/engine/index.js';
+import { Engine, ExecutionMode, accountLog, replay } from '../../src/engine/index.js';
+import { ConflictError, NotRunningError, ResourceFitError } from '../../src/errors.js';
 import type { LogEntry } from '../../src/engine/index.js';
 import { treeStats } from '../../src/tree/index.js';
 import { createTuner } from '../../src/tuner/index.js';
@@ -241,3 +242,47 @@ describe('engine on simulated workers', () => {
     expect(end.engine.collectCheckpoints()).toEqual([]);
   });
 });
+
+describe('engine errors', () => {
+  it('a ready stage whose GPU share fits on no GPU is a ResourceFitError', () => {
+    const study = smallStudy();
+    // parseStudy refuses a share above 1; engine options built by hand can hold one.
+    const options = { ...engineOptions(study, ExecutionMode.stageTree), share: () => 1.5 };
+    const engine = new Engine(study, gridTuner(study), options);
+    const e = caught(() => engine.start(0));
+    expect(e).toBeInstanceOf(ResourceFitError);
+    expect(e).toMatchObject({
+      code: 'STAGETREE_RESOURCE_FIT',
+      share: 1.5,
+      capacity: 1,
+      gpus: options.gpus,
+    });
+    expect((e as Error).message).toMatch(/fits on no GPU: it needs a GPU share of 1\.5/);
+  });
+
+  it('a result for a task that is not running is a NotRunningError naming the task', () => {
+    const study = smallStudy();
+    const engine = new Engine(
+      study,
+      gridTuner(study),
+      engineOptions(study, ExecutionMode.stageTree),
+    );
+    const [task] = engine.start(0).start;
+    if (!task) throw new Error('expected a task');
+    engine.complete(10, task.id, { metric: 0.5 });
+    const e = caught(() => engine.complete(11, task.id, { metric: 0.5 }));
+    expect(e).toBeInstanceOf(NotRunningError);
+    expect(e).toBeInstanceOf(ConflictError);
+    expect(e).toMatchObject({ code: 'STAGETREE_CONFLICT', task: task.id });
+  });
+});
+
+/** What `fn` throws (it must throw). */
+function caught(fn: () => unknown): unknown {
+  try {
+    fn();
+  } catch (e) {
+    return e;
+  }
+  throw new Error('expected an error');
+}

@@ -8,11 +8,15 @@ import { describe, expect, it } from 'vitest';
 import { ExecutionMode, replay } from '../../src/engine/index.js';
 import type { LogEntry } from '../../src/engine/index.js';
 import {
+  AttemptEndedError,
   ConflictError,
   ErrorCode,
   IoError,
+  LogConflictError,
+  NotAStoreError,
   NotFoundError,
   StagetreeError,
+  StudyMismatchError,
   ValidationError,
 } from '../../src/errors.js';
 import {
@@ -69,7 +73,7 @@ describe('StudyStore: file and schema', () => {
     const file = join(tempDir(), 'nested', 'dir', 'study.db');
     const store = StudyStore.open(file);
     expect(store.file).toBe(file);
-    expect(store.hasStudy()).toBe(false);
+    expect(() => store.study()).toThrow(NotFoundError);
     store.close();
     store.close(); // harmless
     const db = new Database(file, { readonly: true });
@@ -98,14 +102,20 @@ describe('StudyStore: file and schema', () => {
     db.exec('CREATE TABLE users (id INTEGER)');
     db.close();
     const e = caught(() => StudyStore.open(other));
+    expect(e).toBeInstanceOf(NotAStoreError);
     expect(e).toBeInstanceOf(ConflictError);
+    expect(e).toMatchObject({ code: ErrorCode.conflict, file: other });
+    expect((e as NotAStoreError).found).toBe(
+      'an SQLite database with 1 table and no stagetree schema',
+    );
     expect((e as Error).message).toContain(other);
     expect((e as Error).message).toContain('not a stagetree study store');
 
     const text = join(tempDir(), 'study.json');
     writeFileSync(text, JSON.stringify({ name: 'oops', and: 'some more text'.repeat(100) }));
     const e2 = caught(() => StudyStore.open(text));
-    expect(e2).toBeInstanceOf(ConflictError);
+    expect(e2).toBeInstanceOf(NotAStoreError);
+    expect(e2).toMatchObject({ code: ErrorCode.conflict, file: text });
     expect((e2 as Error).message).toContain(text);
   });
 
@@ -126,9 +136,9 @@ describe('StudyStore: the study', () => {
     const file = storeFile();
     const study = ashaStudy();
     const a = StudyStore.open(file);
-    expect(() => a.studyJson()).toThrow(NotFoundError);
+    expect(() => a.study()).toThrow(NotFoundError);
     expect(a.initStudy(study.name, study, 1000)).toBe('created');
-    const json = a.studyJson();
+    const { json } = a.study();
     expect(JSON.parse(json)).toEqual(JSON.parse(JSON.stringify(study)));
     expect(json.startsWith('{"checkpointEvery":')).toBe(true); // sorted keys
     a.close();
@@ -139,17 +149,27 @@ describe('StudyStore: the study', () => {
     expect(b.initStudy(study.name, reordered, 2000)).toBe('resumed');
     expect(b.study()).toEqual({ name: study.name, json, createdAt: 1000, updatedAt: 2000 });
 
-    // A different one: a ConflictError naming the file and the field.
+    // A different one: a StudyMismatchError naming the file and the field.
     const e = caught(() => b.initStudy(study.name, ashaStudy({ steps: 50 }), 3000));
+    expect(e).toBeInstanceOf(StudyMismatchError);
     expect(e).toBeInstanceOf(ConflictError);
+    expect(e).toMatchObject({
+      code: ErrorCode.conflict,
+      file,
+      storedName: study.name,
+      path: 'steps',
+      stored: '40 (number)',
+      given: '50 (number)',
+    });
     const msg = (e as Error).message;
     expect(msg).toContain(file);
     expect(msg).toContain('first difference at steps: stored 40 (number), given 50 (number)');
-    expect(b.studyJson()).toBe(json);
+    expect(b.study().json).toBe(json);
     expect(b.study().updatedAt).toBe(2000);
 
     const e2 = caught(() => b.initStudy('renamed', study, 3000));
-    expect(e2).toBeInstanceOf(ConflictError);
+    expect(e2).toBeInstanceOf(StudyMismatchError);
+    expect(e2).toMatchObject({ path: 'name', given: '"renamed" (string)' });
     expect((e2 as Error).message).toContain('first difference at name');
     b.close();
   });
@@ -162,7 +182,7 @@ describe('StudyStore: the study', () => {
     expect(() =>
       store.initStudy('x', { metric: { name: 'loss', mode: 'min' }, steps: Number.NaN }, 0),
     ).toThrow(ValidationError);
-    expect(store.hasStudy()).toBe(false);
+    expect(() => store.study()).toThrow(NotFoundError);
     expect(() => store.append([propose(0, 't1', 10)])).toThrow(/initStudy first/);
     store.close();
   });
@@ -184,7 +204,7 @@ describe('StudyStore: the event log', () => {
     const events = again.events();
     expect(events).toEqual(sim.log);
     expect(again.eventCount()).toBe(sim.log.length);
-    expect(JSON.parse(again.studyJson())).toEqual(JSON.parse(JSON.stringify(study)));
+    expect(JSON.parse(again.study().json)).toEqual(JSON.parse(JSON.stringify(study)));
     const r = replay(
       study,
       events,
@@ -290,9 +310,13 @@ describe('StudyStore: the event log', () => {
     const store = minStore();
     store.append([propose(0, 't1', 30)]);
     const bad = caught(() => store.append([propose(1, 't2', 30), metric(2, 't9', 10, 1)]));
+    expect(bad).toBeInstanceOf(LogConflictError);
     expect(bad).toBeInstanceOf(ConflictError);
+    expect(bad).toMatchObject({ entry: 'entries[1].trial', trial: 't9', problem: 'unknown' });
     expect((bad as Error).message).toContain('entries[1].trial names trial "t9"');
-    expect(() => store.append([propose(1, 't1', 30)])).toThrow(/already has/);
+    const twice = caught(() => store.append([propose(1, 't1', 30)]));
+    expect(twice).toMatchObject({ trial: 't1', problem: 'duplicate' });
+    expect((twice as Error).message).toMatch(/already has/);
     expect(() => store.append([{ t: Number.NaN, kind: 'finish' }])).toThrow(
       /entries\[0\]\.t: expected a finite number/,
     );
@@ -376,11 +400,10 @@ describe('StudyStore: trials and metrics follow the events', () => {
         .slice(-4)
         .map((e) => e.kind),
     ).toEqual(['fail', 'trialFailed', 'stop', 'lost']);
-    // Or by a direct call, for a failure the log does not carry.
-    store.failTrial('t1', 'diverged');
-    store.append([{ t: 12, kind: 'stop', trial: 't1' }]);
-    expect(store.trial('t1')).toMatchObject({ status: 'failed', error: 'diverged' });
-    expect(() => store.failTrial('t7', 'x')).toThrow(NotFoundError);
+    // A failure of a trial the log never proposed rolls its batch back.
+    expect(() => store.append([{ t: 12, kind: 'trialFailed', trial: 't7', message: 'x' }])).toThrow(
+      LogConflictError,
+    );
     expect(() => store.trial('t7')).toThrow(NotFoundError);
     store.close();
   });
@@ -407,6 +430,12 @@ describe('StudyStore: attempts and status', () => {
         metric(10, 't2', 10, 0.4),
         metric(20, 't1', 20, 0.6),
         { t: 20, kind: 'stop', trial: 't1' },
+        {
+          t: 30,
+          kind: 'trialFailed',
+          trial: 't3',
+          message: 'task 3 failed twice: RuntimeError: CUDA error',
+        },
       ],
       150,
     );
@@ -428,10 +457,10 @@ describe('StudyStore: attempts and status', () => {
       error: 'RuntimeError: CUDA error',
       detail: 'Traceback (most recent call last): ...',
     });
-    store.failTrial('t3', 'task 3 failed twice: RuntimeError: CUDA error');
-    expect(() => store.finishAttempt(a3, { endedAt: 116, outcome: 'done' })).toThrow(
-      /attempt 3 \(task 3\) ended already \(failed\)/,
-    );
+    const ended = caught(() => store.finishAttempt(a3, { endedAt: 116, outcome: 'done' }));
+    expect(ended).toBeInstanceOf(AttemptEndedError);
+    expect(ended).toMatchObject({ file, attempt: a3, task: 3, outcome: 'failed' });
+    expect((ended as Error).message).toMatch(/attempt 3 \(task 3\) ended already \(failed\)/);
     expect(() => store.finishAttempt(99, { endedAt: 116, outcome: 'done' })).toThrow(NotFoundError);
     expect(() => store.finishAttempt(a4, { endedAt: 140, outcome: 'exploded' as 'done' })).toThrow(
       ValidationError,
@@ -449,7 +478,7 @@ describe('StudyStore: attempts and status', () => {
       createdAt: 100,
       updatedAt: 150,
       metric: { name: 'loss', mode: 'min' },
-      events: 7,
+      events: 8,
       finished: false,
       trials: { total: 3, active: 1, stopped: 1, failed: 1 },
       best: { trial: 't2', step: 10, value: 0.4 },

@@ -1,12 +1,20 @@
 import { describe, expect, it } from 'vitest';
-import { ConflictError, NotFoundError, ValidationError } from '../../src/errors.js';
+import {
+  ConflictError,
+  MarkDoneError,
+  NotFoundError,
+  TrialExistsError,
+  TrialStoppedError,
+  ValidationError,
+} from '../../src/errors.js';
 import { canonicalize, parseSchedule } from '../../src/schedule/index.js';
 import type { Canonical } from '../../src/schedule/index.js';
+import { criticalPath } from '../../src/scheduler/index.js';
 import {
+  childrenOf,
   emptyTree,
-  forkPoints,
+  extendTrial,
   forkTrial,
-  getStage,
   getTrial,
   insertTrial,
   isDemanded,
@@ -15,9 +23,8 @@ import {
   readyStages,
   reportsAt,
   rootIds,
-  remainingPath,
-  remainingWork,
   stageValues,
+  stateKey,
   stopTrial,
   trialsThrough,
   treeStats,
@@ -35,6 +42,16 @@ const trial = (id: string, m: number[], until = 200, reports: number[] = []): Tr
   until,
   reports,
 });
+/** What `fn` throws (it must throw). */
+function caught(fn: () => unknown): unknown {
+  try {
+    fn();
+  } catch (e) {
+    return e;
+  }
+  throw new Error('expected an error');
+}
+
 const ranges = (tree: StageTree, id: string): string[] =>
   pathOf(tree, id).map((s) => `${s.start}-${s.end}`);
 
@@ -72,25 +89,33 @@ describe('StageTree', () => {
     expect(reportsAt(tree, (first as { id: string }).id)).toEqual(['b']);
   });
 
-  it('knows what is ready, what remains and where the forks are', () => {
+  it('knows what is ready, what remains on the critical path and where the forks are', () => {
     let tree = example();
     const [root] = pathOf(tree, 'a');
     const rootStage = root as { id: string };
+    // The scheduler's critical path, with a cost of one per step: the longest demanded,
+    // untrained chain (0-50, 50-150, 150-200), and with a cost per stage of its steps x 3.
+    const steps = (s: { start: number; end: number }): number => s.end - s.start;
     expect(readyStages(tree).map((s) => s.id)).toEqual([rootStage.id]);
-    expect(remainingWork(tree, rootStage.id)).toBe(400);
-    expect(remainingPath(tree, rootStage.id)).toBe(200);
-    expect(
-      forkPoints(tree)
-        .map((id) => getStage(tree, id).end)
-        .sort(),
-    ).toEqual([150, 50]);
+    expect(criticalPath(tree, rootStage.id, steps, new Map())).toBe(200);
+    expect(criticalPath(tree, rootStage.id, (s) => 3 * steps(s), new Map())).toBe(600);
+    // Two demanded children continue from 50 and from 150: their states are needed twice.
+    const forks = pathOf(tree, 'a').filter((s) => childrenOf(tree, s.id).length > 1);
+    expect(forks.map((s) => s.end)).toEqual([50, 150]);
     tree = markDone(tree, rootStage.id);
     expect(
       readyStages(tree)
         .map((s) => `${s.start}-${s.end}`)
         .sort(),
     ).toEqual(['50-150', '50-200']);
-    expect(remainingPath(tree, rootStage.id)).toBe(150);
+    // Done stages cost nothing; the memo gives the same answer on a second call.
+    const memo = new Map<string, number>();
+    expect(criticalPath(tree, rootStage.id, steps, memo)).toBe(150);
+    expect(criticalPath(tree, rootStage.id, () => Number.NaN, memo)).toBe(150);
+    // Counting stages: a's branch has two left, c's one; stopped trials' stages do not count.
+    expect(criticalPath(tree, rootStage.id, () => 1, new Map())).toBe(2);
+    tree = stopTrial(stopTrial(tree, 'a'), 'b');
+    expect(criticalPath(tree, rootStage.id, () => 1, new Map())).toBe(1);
   });
 
   it('cancels stages only the stopped trial needed', () => {
@@ -108,11 +133,15 @@ describe('StageTree', () => {
     let tree = insertTrial(emptyTree(), trial('a', [100], 200));
     const only = (pathOf(tree, 'a')[0] as { id: string }).id;
     tree = markDone(tree, only);
+    const before = tree;
     tree = insertTrial(tree, trial('b', [60], 200));
     const [top, bottom] = pathOf(tree, 'a');
     expect(top?.done).toBe(false);
     expect(bottom?.done).toBe(true);
     expect(readyStages(tree).map((s) => s.id)).toEqual([top?.id]);
+    // Both pieces get new ids; the bottom keeps the end, and with it the state key.
+    expect([top?.id, bottom?.id]).not.toContain(only);
+    expect(stateKey(tree, bottom?.id as string)).toBe(stateKey(before, only));
   });
 
   it('forks a trial from another one’s state (PBT exploit)', () => {
@@ -120,7 +149,12 @@ describe('StageTree', () => {
     tree = forkTrial(tree, { id: 'f', source: 'a', at: 80, schedules: { lr: c(0.5) }, until: 120 });
     expect(ranges(tree, 'f')).toEqual(['0-80', '80-120']);
     expect(ranges(tree, 'a')).toEqual(['0-80', '80-200']);
-    expect(forkPoints(tree).map((id) => getStage(tree, id).end)).toEqual([80]);
+    const [shared] = pathOf(tree, 'f');
+    expect(
+      childrenOf(tree, shared?.id as string)
+        .map((s) => `${s.start}-${s.end}`)
+        .sort(),
+    ).toEqual(['80-120', '80-200']);
   });
 
   it('gives the same ids to the same trials inserted in another order', () => {
@@ -141,7 +175,13 @@ describe('StageTree', () => {
 
   it('rejects bad input with clear errors', () => {
     const tree = example();
-    expect(() => insertTrial(tree, trial('a', [1]))).toThrow(ConflictError);
+    const twice = caught(() => insertTrial(tree, trial('a', [1])));
+    expect(twice).toBeInstanceOf(TrialExistsError);
+    expect(twice).toBeInstanceOf(ConflictError);
+    expect(twice).toMatchObject({ code: 'STAGETREE_CONFLICT', trial: 'a' });
+    const stopped = caught(() => extendTrial(stopTrial(tree, 'a'), 'a', 300));
+    expect(stopped).toBeInstanceOf(TrialStoppedError);
+    expect(stopped).toMatchObject({ code: 'STAGETREE_CONFLICT', trial: 'a' });
     expect(() => insertTrial(tree, trial('z', [1], 0))).toThrow(ValidationError);
     expect(() => insertTrial(tree, trial('z', [1], 10, [20]))).toThrow(
       /reports\[0\]: expected an integer in \(0, 10\]/,
@@ -156,6 +196,22 @@ describe('StageTree', () => {
       forkTrial(tree, { id: 'f', source: 'a', at: 5, schedules: { mom: c(0.9) }, until: 600 }),
     ).toThrow(/fork.schedules.mom: expected a hyperparameter of the source trial/);
     const deep = (pathOf(tree, 'a')[2] as { id: string }).id;
-    expect(() => markDone(tree, deep)).toThrow(/before its parent/);
+    const early = caught(() => markDone(tree, deep));
+    expect(early).toBeInstanceOf(MarkDoneError);
+    expect(early).toMatchObject({
+      stage: deep,
+      problem: 'parentNotDone',
+      parent: (pathOf(tree, 'a')[1] as { id: string }).id,
+    });
+    expect((early as Error).message).toMatch(/before its parent/);
+    const first = (pathOf(tree, 'a')[0] as { id: string }).id;
+    expect(caught(() => markDone(markDone(tree, first), first))).toMatchObject({
+      stage: first,
+      problem: 'done',
+    });
+    expect(caught(() => markDone(tree, rootIds(tree)[0] as string))).toMatchObject({
+      problem: 'root',
+      parent: null,
+    });
   });
 });
