@@ -10,6 +10,7 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import type { EngineToWorker, WorkerToEngine } from '../engine/index.js';
 import { dialEngine } from '../rpc/client.js';
+import { InternalError } from '../errors.js';
 
 export interface LinkData {
   readonly engine: string;
@@ -30,7 +31,7 @@ export type FromLink =
   | { readonly type: 'closed'; readonly error: string | null };
 
 const port = parentPort;
-if (port === null) throw new Error('worker-link.js runs as a worker thread of worker.js');
+if (port === null) throw new InternalError('worker-link.js runs as a worker thread of worker.js');
 const data = workerData as LinkData;
 const state = new BigInt64Array(data.shared);
 const link = dialEngine(data.engine);

@@ -4,6 +4,7 @@ import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { WORKER_SECRET_ENV } from '../../engine/index.js';
 import type { EngineToWorker, WorkerId, WorkerPort, WorkerToEngine } from '../../engine/index.js';
 import { SlotLifecycle, SlotState } from '../slot.js';
+import { InternalError } from '../../errors.js';
 
 /** How to start one worker process. */
 export interface WorkerCommand {
@@ -115,7 +116,7 @@ export class ProcessPool {
 
   /** Starts worker `id` on `gpu` with `share` of it. */
   start(id: WorkerId, gpu: number, share: number): void {
-    if (this.slots.has(id)) throw new Error(`internal: worker ${id} started twice`);
+    if (this.slots.has(id)) throw new InternalError(`worker ${id} started twice`);
     const cmd = this.options.command(id);
     const secret = this.secretOf(id);
     const env: Record<string, string> = {

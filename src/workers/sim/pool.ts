@@ -2,6 +2,7 @@ import { valueAt } from '../../schedule/index.js';
 import type { CheckpointKey, Task, TaskId, TaskResult, WorkerId } from '../../engine/index.js';
 import { simEvaluate, simInit, simTrain } from './trainer.js';
 import type { SimState } from './trainer.js';
+import { InternalError } from '../../errors.js';
 
 /** Costs of the simulated trainer, in seconds. */
 export interface SimCosts {
@@ -49,25 +50,27 @@ export class SimPool {
     if (task.startProcess) t += this.costs.startSeconds;
     if (task.saveFirst !== null) {
       if (!held)
-        throw new Error(
+        throw new InternalError(
           `sim pool: worker ${task.worker} holds no state to save for ${task.saveFirst}`,
         );
       this.store.set(task.saveFirst, held);
       t += this.costs.saveSeconds;
     }
     const first = task.runs[0];
-    if (!first) throw new Error(`sim pool: task ${task.id} has no stages`);
+    if (!first) throw new InternalError(`sim pool: task ${task.id} has no stages`);
     let state: SimState;
     switch (task.restore.from) {
       case 'memory':
         if (!held)
-          throw new Error(`sim pool: worker ${task.worker} holds no state for task ${task.id}`);
+          throw new InternalError(
+            `sim pool: worker ${task.worker} holds no state for task ${task.id}`,
+          );
         state = held;
         break;
       case 'checkpoint': {
         const saved = this.store.get(task.restore.key);
         if (!saved)
-          throw new Error(
+          throw new InternalError(
             `sim pool: no checkpoint ${task.restore.key} (stage ${task.restore.stage})`,
           );
         state = saved;
@@ -121,7 +124,7 @@ export class SimPool {
     saveAfter: CheckpointKey | null;
   } {
     const p = this.pending.get(taskId);
-    if (!p) throw new Error(`sim pool: task ${taskId} is not running`);
+    if (!p) throw new InternalError(`sim pool: task ${taskId} is not running`);
     this.pending.delete(taskId);
     this.onGpu.get(p.gpu)?.delete(taskId);
     return p;

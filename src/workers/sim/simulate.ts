@@ -7,7 +7,7 @@ import type {
   Task,
   TaskId,
 } from '../../engine/index.js';
-import { ValidationError } from '../../errors.js';
+import { InternalError, ValidationError } from '../../errors.js';
 import { lookupBy } from '../../study/index.js';
 import type { Study } from '../../study/index.js';
 import { allStages, getStage, stageValues } from '../../tree/index.js';
@@ -120,7 +120,7 @@ export function simulate(
     gpuSeconds += l.duration * l.task.share;
     apply(engine.complete(now, ev.value, { metric: l.metric }));
   }
-  if (!engine.done) throw new Error('simulation ended with the engine still waiting');
+  if (!engine.done) throw new InternalError('simulation ended with the engine still waiting');
 
   let best: SimulationResult['best'] = null;
   for (const e of engine.log) {

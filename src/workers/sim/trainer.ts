@@ -1,6 +1,7 @@
 import { valueAt } from '../../schedule/index.js';
 import type { Canonical } from '../../schedule/index.js';
 import type { StageRun } from '../../engine/index.js';
+import { InternalError } from '../../errors.js';
 
 /**
  * The simulated trainer: a small deterministic dynamical system standing in for SGD.
@@ -56,7 +57,9 @@ export function simInit(params: Readonly<Record<string, unknown>>): SimState {
 /** Trains steps [run.start, run.end) from `state` (which must be at run.start). */
 export function simTrain(state: SimState, run: StageRun): SimState {
   if (state.step !== run.start) {
-    throw new Error(`sim trainer: state is at step ${state.step}, stage starts at ${run.start}`);
+    throw new InternalError(
+      `sim trainer: state is at step ${state.step}, stage starts at ${run.start}`,
+    );
   }
   const hps = Object.keys(run.schedules).sort();
   let loss = state.loss;
