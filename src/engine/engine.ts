@@ -894,11 +894,14 @@ export class Engine {
       const trial = getTrial(this.tree, t);
       if (trial.status !== 'active') continue;
       const wanted = new Set(trial.reports);
+      // Read every metric first: a tuner's callback may grow the tree and split the path.
+      const found: { step: number; metric: number }[] = [];
       for (const s of pathOf(this.tree, t)) {
         if (!wanted.has(s.end) || !s.done) continue;
         const metric = this.metricAt.get(this.keyOf(s.id));
-        if (metric !== undefined) this.report(t, s.end, metric);
+        if (metric !== undefined) found.push({ step: s.end, metric });
       }
+      for (const { step, metric } of found) this.report(t, step, metric);
     }
   }
 
