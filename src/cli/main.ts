@@ -228,7 +228,11 @@ function renderStatus(s: StudyStatus, state: string, study: Study): string {
       : '  best: no metric reported yet',
     `  ${s.events} events, ${s.attempts.total} task attempts`,
   ];
-  if (study.cpuOnly) lines.push('  no GPU was used (a CPU-only study: resources.gpus is 0)');
+  lines.push(
+    study.cpuOnly
+      ? `  ${s.gpuSeconds.toFixed(1)} worker-slot seconds; no GPU was used (a CPU-only study: resources.gpus is 0)`
+      : `  ${(s.gpuSeconds / 3600).toFixed(4)} GPU-hours (share x wall time of every attempt, failed ones included)`,
+  );
   if (s.owner !== null && s.owner.pid !== process.pid)
     lines.push(
       `  being run by pid ${s.owner.pid} since ${new Date(s.owner.since * 1000).toISOString()}`,

@@ -3,6 +3,7 @@ import { mkdirSync, statSync } from 'node:fs';
 import type { Stats } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import Database from 'better-sqlite3';
+import { accountLog } from '../engine/replay.js';
 import type { LogEntry, TaskId, WorkerId } from '../engine/types.js';
 import {
   AttemptEndedError,
@@ -172,6 +173,11 @@ export interface StudyStatus {
     /** The workers' own seconds by phase, summed over finished attempts. */
     readonly phaseSeconds: Readonly<Record<string, number>>;
   };
+  /**
+   * GPU time of the study: share x wall time of every attempt, failed, lost and
+   * cancelled ones included (`accountLog`, the one definition simulate uses too).
+   */
+  readonly gpuSeconds: number;
   /** Why the last run stopped without finishing (`setProblem`), or null. */
   readonly problem: string | null;
   /** The live process running the study now (`acquire`), or null. */
@@ -746,6 +752,7 @@ export class StudyStore {
           best,
           failed,
           attempts: { total: attempts.length, open, byOutcome, phaseSeconds },
+          gpuSeconds: accountLog(this.events()).gpuSeconds,
           problem: this.problem(),
           owner: owner === null ? null : { pid: owner.pid, since: owner.since },
         };

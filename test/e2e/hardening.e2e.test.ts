@@ -646,5 +646,13 @@ describe('environment failures: a clear error, a non-zero exit, a resumable stud
     expect(done.length).toBeGreaterThan(0);
     for (const a of done) expect(a.seconds.train).toBeGreaterThan(0);
     expect(out.status.attempts.phaseSeconds.train).toBeGreaterThan(0);
+    // GPU time counts every attempt's wall time (share 1 here), the failed ones too: at
+    // least the time the workers spent training, plus the failed attempts' time.
+    const failedWall = attempts
+      .filter((a) => a.outcome === 'failed')
+      .reduce((n, a) => n + ((a.endedAt as number) - a.startedAt), 0);
+    expect(out.status.gpuSeconds).toBeGreaterThan(
+      (out.status.attempts.phaseSeconds.train as number) + 0.5 * failedWall,
+    );
   });
 });

@@ -494,6 +494,8 @@ describe('StudyStore: attempts and status', () => {
         },
         phaseSeconds: { start: 5, train: 6, save: 0.5 },
       },
+      // No task entries in this log: its GPU time (from the log, accountLog) is 0.
+      gpuSeconds: 0,
       problem: null,
       owner: null,
     });
