@@ -185,6 +185,7 @@ class AttemptLog {
         case 'trialFailed':
         case 'reuse':
         case 'finish':
+        case 'submit':
           break;
       }
     }

@@ -1,4 +1,10 @@
-import { InternalError, NotRunningError, ResourceFitError } from '../errors.js';
+import {
+  ConflictError,
+  InternalError,
+  NotRunningError,
+  ResourceFitError,
+  ValidationError,
+} from '../errors.js';
 import { EPS, place, orderReady } from '../scheduler/index.js';
 import type { GpuView, WorkerView } from '../scheduler/index.js';
 import type { Canonical } from '../schedule/index.js';
@@ -64,6 +70,42 @@ export interface EngineOptions {
    * moves on from a state still needed.
    */
   readonly durable?: boolean;
+  /**
+   * The identity of a study's trainer (kind, module and export or image, fingerprint or
+   * declared version): when set, it joins every trial's merge key, so trials of different
+   * code never share a stage. Unset (a single study): merge keys are the static params.
+   */
+  readonly identity?: (study: Study) => string;
+}
+
+/** The static param that carries the trainer's identity into the merge key. */
+export const TRAINER_PARAM = '__trainer';
+
+/** A study the engine runs: its tuner and its own trials, demand and end. */
+interface Session {
+  /** The study's name; '' for the study the engine was made with. */
+  readonly name: string;
+  readonly study: Study;
+  readonly tuner: Tuner;
+  ctx: TunerContext;
+  /** Trial ids are `${prefix}t${n}`: plain for the first study, `name/` for the others. */
+  readonly prefix: string;
+  readonly identity: string | null;
+  /** Weight in fair share (default 1). */
+  readonly priority: number;
+  nextTrial: number;
+  readonly trials: TrialId[];
+  active: number;
+  paused: number;
+  finished: boolean;
+  /** Estimated GPU-seconds of the tasks it demanded (shared tasks split), for fair share. */
+  usage: number;
+}
+
+/** How a study joins a running engine. */
+export interface SubmitOptions {
+  /** Weight in fair share between studies (default 1). */
+  readonly priority?: number;
 }
 
 /** What the engine asks of the worker pool after an event. */
@@ -163,20 +205,89 @@ export class Engine {
   private readonly failures = new Map<StageId, number>();
   private readonly losses = new Map<StageId, number>();
   private readonly failedTrials = new Map<TrialId, string>();
-  private active = 0;
+  /** Every study the engine runs, the first one (the constructor's) first. */
+  private readonly sessions: Session[] = [];
+  private readonly sessionOfTrial = new Map<TrialId, Session>();
   private finished = false;
   private startedTasks: Task[] = [];
   private cancelledTasks: TaskId[] = [];
   private retiredWorkers: WorkerId[] = [];
-  private readonly ctx: TunerContext;
 
   constructor(
     readonly study: Study,
-    private readonly tuner: Tuner,
+    tuner: Tuner,
     private readonly options: EngineOptions,
   ) {
     this.gpuUsed = Array.from({ length: options.gpus }, () => 0);
-    this.ctx = this.makeContext();
+    this.addSession('', study, tuner, 1);
+  }
+
+  private addSession(name: string, study: Study, tuner: Tuner, priority: number): Session {
+    const session: Session = {
+      name,
+      study,
+      tuner,
+      ctx: undefined as unknown as TunerContext,
+      prefix: name === '' ? '' : `${name}/`,
+      identity: this.options.identity ? this.options.identity(study) : null,
+      priority,
+      nextTrial: 1,
+      trials: [],
+      active: 0,
+      paused: 0,
+      finished: false,
+      usage: 0,
+    };
+    session.ctx = this.makeContext(session);
+    this.sessions.push(session);
+    return session;
+  }
+
+  /** The first study's session (the engine's own). */
+  private get primary(): Session {
+    return this.sessions[0] as Session;
+  }
+
+  private sessionOf(trial: TrialId): Session {
+    return this.sessionOfTrial.get(trial) ?? this.primary;
+  }
+
+  /**
+   * Adds a study to the running engine at `now` (logged as `submit`): its tuner starts, its
+   * trials join the same stage forest, so a stage another study trained or is training
+   * is not trained again, and it finishes on its own. Studies share the GPUs by fair
+   * share (weighted by `priority`) on top of critical-path order. Its name must be new.
+   */
+  submit(now: number, study: Study, tuner: Tuner, options: SubmitOptions = {}): Commands {
+    this.now = now;
+    const name = study.name;
+    if (name === '' || this.sessions.some((x) => x.name === name || x.study.name === name)) {
+      throw new ConflictError(`a study named ${JSON.stringify(name)} runs on this engine already`);
+    }
+    if (study.metric.name !== this.study.metric.name) {
+      throw new ConflictError(
+        `study ${name} reports metric ${JSON.stringify(study.metric.name)}, this engine's studies ${JSON.stringify(this.study.metric.name)}`,
+      );
+    }
+    const priority = options.priority ?? 1;
+    if (!(Number.isFinite(priority) && priority > 0)) {
+      throw new ValidationError('priority', 'a number > 0', priority);
+    }
+    const session = this.addSession(name, study, tuner, priority);
+    this.finished = false;
+    this.log.push({ t: now, kind: 'submit', study: name, priority: session.priority });
+    session.tuner.start(session.ctx);
+    return this.flush();
+  }
+
+  /** Each study's estimated GPU-seconds so far, by name ('' for the first): fair share's measure. */
+  sessionUsage(): ReadonlyMap<string, number> {
+    return new Map(this.sessions.map((x) => [x.name, x.usage]));
+  }
+
+  /** Whether a study (by name, '' for the first) has finished. */
+  sessionFinished(name: string): boolean {
+    return this.sessions.find((x) => x.name === name)?.finished ?? false;
   }
 
   /** The current stage tree (immutable). */
@@ -212,7 +323,7 @@ export class Engine {
   /** Starts the study at time `now`: the tuner proposes, the scheduler places. */
   start(now: number): Commands {
     this.now = now;
-    this.tuner.start(this.ctx);
+    this.primary.tuner.start(this.primary.ctx);
     return this.flush();
   }
 
@@ -250,7 +361,7 @@ export class Engine {
 
   /** The tuner context the engine gives its tuner (for callers that drive a study from outside). */
   get context(): TunerContext {
-    return this.ctx;
+    return this.primary.ctx;
   }
 
   /**
@@ -323,7 +434,8 @@ export class Engine {
       this.failedTrials.set(t, message);
       this.log.push({ t: this.now, kind: 'trialFailed', trial: t, message });
       this.stop(t);
-      if (!this.finished) this.tuner.onTrialFailed?.(this.ctx, t, message);
+      const session = this.sessionOf(t);
+      if (!session.finished) session.tuner.onTrialFailed?.(session.ctx, t, message);
     }
   }
 
@@ -345,12 +457,12 @@ export class Engine {
 
   // ------------------------------------------------------------------ tuner context
 
-  private makeContext(): TunerContext {
-    const tunerSeed = 'seed' in this.study.tuner ? this.study.tuner.seed : 0;
+  private makeContext(session: Session): TunerContext {
+    const tunerSeed = 'seed' in session.study.tuner ? session.study.tuner.seed : 0;
     return {
-      study: this.study,
+      study: session.study,
       rng: createRng(tunerSeed),
-      propose: (spec) => this.propose(spec),
+      propose: (spec) => this.propose(session, spec),
       extend: (trial, until, reports) => {
         this.extend(trial, until, reports ?? []);
       },
@@ -358,21 +470,40 @@ export class Engine {
         this.stop(trial);
       },
       fork: (source, at, schedules, until, reports) =>
-        this.fork(source, at, schedules, until, reports ?? []),
+        this.fork(session, source, at, schedules, until, reports ?? []),
       finish: () => {
-        this.finish();
+        this.finishSession(session);
       },
-      running: () => this.active - this.paused.size,
+      running: () => session.active - session.paused,
     };
   }
 
-  private propose(spec: TrialSpec): TrialId {
-    const id = `t${this.nextTrial++}`;
-    if (this.finished) return id;
-    const params =
-      this.options.mode === ExecutionMode.trialBased
-        ? { ...spec.params, [LINEAGE_PARAM]: id }
-        : spec.params;
+  /** A new trial of `session`: its id, recorded as its. */
+  private newTrial(session: Session): TrialId {
+    const id = `${session.prefix}t${session.nextTrial++}`;
+    if (!session.finished) {
+      this.sessionOfTrial.set(id, session);
+      session.trials.push(id);
+    }
+    return id;
+  }
+
+  private pause(t: TrialId): void {
+    if (this.paused.has(t)) return;
+    this.paused.add(t);
+    this.sessionOf(t).paused++;
+  }
+
+  private unpause(t: TrialId): void {
+    if (this.paused.delete(t)) this.sessionOf(t).paused--;
+  }
+
+  private propose(session: Session, spec: TrialSpec): TrialId {
+    const id = this.newTrial(session);
+    if (session.finished) return id;
+    let params = spec.params;
+    if (session.identity !== null) params = { ...params, [TRAINER_PARAM]: session.identity };
+    if (this.options.mode === ExecutionMode.trialBased) params = { ...params, [LINEAGE_PARAM]: id };
     this.tree = insertTrial(this.tree, {
       id,
       params,
@@ -380,7 +511,7 @@ export class Engine {
       until: spec.until,
       reports: spec.reports ?? [],
     });
-    this.active++;
+    session.active++;
     this.noteSplits();
     this.unreported.push(id);
     this.log.push({ t: this.now, kind: 'propose', trial: id, spec });
@@ -388,16 +519,17 @@ export class Engine {
   }
 
   private fork(
+    session: Session,
     source: TrialId,
     at: number,
     schedules: Readonly<Record<string, Canonical>>,
     until: number,
     reports: readonly number[],
   ): TrialId {
-    const id = `t${this.nextTrial++}`;
-    if (this.finished) return id;
+    const id = this.newTrial(session);
+    if (session.finished) return id;
     this.tree = forkTrial(this.tree, { id, source, at, schedules, until, reports });
-    this.active++;
+    session.active++;
     this.noteSplits();
     this.unreported.push(id);
     this.log.push({ t: this.now, kind: 'fork', trial: id, source, at, schedules, until, reports });
@@ -405,9 +537,9 @@ export class Engine {
   }
 
   private extend(trial: TrialId, until: number, reports: readonly number[]): void {
-    if (this.finished) return;
+    if (this.sessionOf(trial).finished) return;
     this.tree = extendTrial(this.tree, trial, until, reports);
-    this.paused.delete(trial);
+    this.unpause(trial);
     this.noteSplits();
     this.unreported.push(trial);
     this.log.push({ t: this.now, kind: 'extend', trial, until, reports });
@@ -416,22 +548,28 @@ export class Engine {
   private stop(trial: TrialId): void {
     if (!hasTrial(this.tree, trial) || getTrial(this.tree, trial).status === 'stopped') return;
     this.tree = stopTrial(this.tree, trial);
-    this.active--;
-    this.paused.delete(trial);
+    this.sessionOf(trial).active--;
+    this.unpause(trial);
     this.log.push({ t: this.now, kind: 'stop', trial });
     this.cancelUndemanded();
   }
 
-  private finish(): void {
-    if (this.finished) return;
-    const active: TrialId[] = [];
-    for (let i = 1; i < this.nextTrial; i++) {
-      const id = `t${i}`;
-      if (hasTrial(this.tree, id) && getTrial(this.tree, id).status === 'active') active.push(id);
+  /**
+   * Ends a study: its active trials stop (withdrawing only its own demand) and its tuner
+   * hears nothing more. The engine is finished when every study is.
+   */
+  private finishSession(session: Session): void {
+    if (session.finished) return;
+    for (const id of session.trials) {
+      if (hasTrial(this.tree, id) && getTrial(this.tree, id).status === 'active') this.stop(id);
     }
-    for (const id of active) this.stop(id);
-    this.finished = true;
-    this.log.push({ t: this.now, kind: 'finish' });
+    session.finished = true;
+    this.log.push(
+      session.name === ''
+        ? { t: this.now, kind: 'finish' }
+        : { t: this.now, kind: 'finish', study: session.name },
+    );
+    if (this.sessions.every((x) => x.finished)) this.finished = true;
   }
 
   // ------------------------------------------------------------------ scheduling
@@ -457,15 +595,44 @@ export class Engine {
       // A tuner may finish the study from a metric callback.
       if (this.isFinished()) return;
       const stuck = this.placeReady();
+      if (this.sessions.length > 1 && this.idleSessions() && ++idle <= 10_000) continue;
       if (this.running.size > 0) return;
       if (stuck) throw this.stuckError(stuck);
       const before = this.log.length;
-      this.tuner.onIdle(this.ctx);
+      const open = this.sessions.filter((x) => !x.finished);
+      for (const x of open) if (!x.finished) x.tuner.onIdle(x.ctx);
       if (this.log.length === before || ++idle > 10_000) {
-        this.finish();
+        for (const x of open) this.finishSession(x);
         return;
       }
     }
+  }
+
+  /**
+   * With several studies, a study with nothing left to train (no active trial short of
+   * its demanded end) hears `onIdle` while others still train, and ends if it adds
+   * nothing. True when that changed something (schedule again).
+   */
+  private idleSessions(): boolean {
+    let changed = false;
+    for (const x of this.sessions) {
+      if (x.finished || this.sessionBusy(x)) continue;
+      const before = this.log.length;
+      x.tuner.onIdle(x.ctx);
+      if (this.log.length === before) this.finishSession(x);
+      changed = true;
+    }
+    return changed && !this.finished;
+  }
+
+  /** Whether a study has an active trial that is not paused and not yet at its end. */
+  private sessionBusy(x: Session): boolean {
+    for (const t of x.trials) {
+      if (this.paused.has(t) || !hasTrial(this.tree, t)) continue;
+      const trial = getTrial(this.tree, t);
+      if (trial.status === 'active' && !getStage(this.tree, trial.leaf).done) return true;
+    }
+    return false;
   }
 
   /** Estimated seconds of a stage (cached: a stage's range and values never change). */
@@ -492,12 +659,14 @@ export class Engine {
       const h = (this.workers.get(id) as WorkerState).holds;
       if (h !== null) held.add(h);
     }
-    const ordered = orderReady(
-      this.tree,
-      ready,
-      (s) => this.stepCost(s),
-      (s) => s.parent !== null && held.has(s.parent),
-      this.options.mode === ExecutionMode.trialBased,
+    const ordered = this.fairShare(
+      orderReady(
+        this.tree,
+        ready,
+        (s) => this.stepCost(s),
+        (s) => s.parent !== null && held.has(s.parent),
+        this.options.mode === ExecutionMode.trialBased,
+      ),
     );
     let placedAny = false;
     for (const s of ordered) {
@@ -547,6 +716,43 @@ export class Engine {
       this.deliver(s.id, metric);
       this.reportTrained();
     }
+  }
+
+  /** The unfinished studies whose active trials pass through a stage. */
+  private ownersOf(s: Stage): Session[] {
+    const owners = new Set<Session>();
+    for (const t of trialsThrough(this.tree, s.id)) {
+      if (getTrial(this.tree, t).status !== 'active') continue;
+      const session = this.sessionOf(t);
+      if (!session.finished) owners.add(session);
+    }
+    return [...owners];
+  }
+
+  /**
+   * Fair share between studies: ready stages of the study furthest below its share
+   * (estimated GPU-seconds over priority) first, critical-path order within one
+   * (a stable sort). A stage several studies demand counts for the neediest of them.
+   * With one study, the order is untouched.
+   */
+  private fairShare(ordered: Stage[]): Stage[] {
+    if (this.sessions.length < 2) return ordered;
+    const need = (s: Stage): number => {
+      let least = Number.POSITIVE_INFINITY;
+      for (const x of this.ownersOf(s)) least = Math.min(least, x.usage / x.priority);
+      return least;
+    };
+    return ordered
+      .map((s, i) => ({ s, i, need: need(s) }))
+      .sort((a, b) => a.need - b.need || a.i - b.i)
+      .map((x) => x.s);
+  }
+
+  /** Charges a launched stage's estimated GPU-seconds to the studies that demand it, split. */
+  private charge(s: Stage, share: number): void {
+    const owners = this.ownersOf(s);
+    const cost = this.stepCost(s) * share;
+    for (const x of owners) x.usage += cost / owners.length;
   }
 
   private hasRoom(): boolean {
@@ -619,7 +825,7 @@ export class Engine {
   private pausedAt(s: Stage): boolean {
     return s.ends.some((t) => {
       const trial = getTrial(this.tree, t);
-      return trial.status === 'active' && trial.until < this.study.steps;
+      return trial.status === 'active' && trial.until < this.sessionOf(t).study.steps;
     });
   }
 
@@ -639,7 +845,10 @@ export class Engine {
   /** Views of the idle workers (the only ones placement can choose). */
   /** Whether a trial finishes its whole study at this stage's end (its final state). */
   private finalOf(s: Stage): boolean {
-    return s.end === this.study.steps && s.ends.length > 0;
+    return s.ends.some((t) => {
+      const study = this.sessionOf(t).study;
+      return study.keepBest && s.end === study.steps;
+    });
   }
 
   /**
@@ -656,7 +865,7 @@ export class Engine {
       let below = false;
       for (const c of shardValues(s.children)) if (visit(c)) below = true;
       const paused = this.pausedAt(s);
-      if (s.parent !== null && (below || paused || (this.study.keepBest && this.finalOf(s)))) {
+      if (s.parent !== null && (below || paused || this.finalOf(s))) {
         needed.add(this.keyOf(s.id));
       }
       return below || paused || (s.refs > 0 && !s.done);
@@ -781,9 +990,7 @@ export class Engine {
     const safety = every !== null && Math.floor(s.end / every) > Math.floor(s.start / every);
     // Durable runs keep every state a later stage may start from, so that a crash of the
     // engine (which takes its workers' memory with it) loses no completed stage.
-    const durable =
-      this.options.durable === true &&
-      (this.neededLater(s) || (this.study.keepBest && this.finalOf(s)));
+    const durable = this.options.durable === true && (this.neededLater(s) || this.finalOf(s));
     const saveAfter =
       (trialBasedPause || safety || durable) && !this.saved(s.id) ? this.keyOf(s.id) : null;
     if (saveAfter !== null) this.stats.checkpointsSaved++;
@@ -819,6 +1026,7 @@ export class Engine {
     this.stats.stagesRecomputed += chain.length - 1;
     for (const c of chain) this.stats.stepsTrained += c.end - c.start;
     this.log.push({ t: this.now, kind: 'task', task });
+    if (this.sessions.length > 1) this.charge(s, share);
     this.startedTasks.push(task);
     return true;
   }
@@ -826,7 +1034,7 @@ export class Engine {
   private stageRun(s: Stage): StageRun {
     const rep = getTrial(this.tree, s.rep);
     const params = Object.fromEntries(
-      Object.entries(rep.params).filter(([k]) => k !== LINEAGE_PARAM),
+      Object.entries(rep.params).filter(([k]) => k !== LINEAGE_PARAM && k !== TRAINER_PARAM),
     );
     return { stage: s.id, start: s.start, end: s.end, params, schedules: rep.schedules };
   }
@@ -873,15 +1081,16 @@ export class Engine {
 
   /** Gives the tuner one metric event (once per trial and step). */
   private report(t: TrialId, step: number, metric: number): void {
-    if (this.finished) return;
+    const session = this.sessionOf(t);
+    if (session.finished) return;
     const trial = getTrial(this.tree, t);
     const key = `${t}@${step}`;
     if (trial.status !== 'active' || this.delivered.has(key)) return;
     this.delivered.add(key);
     const paused = trial.until === step;
-    if (paused) this.paused.add(t);
+    if (paused) this.pause(t);
     this.log.push({ t: this.now, kind: 'metric', trial: t, step, value: metric });
-    this.tuner.onMetric(this.ctx, { trial: t, step, value: metric, paused });
+    session.tuner.onMetric(session.ctx, { trial: t, step, value: metric, paused });
   }
 
   /**

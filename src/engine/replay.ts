@@ -1,3 +1,4 @@
+import { InternalError } from '../errors.js';
 import type { Study } from '../study/index.js';
 import type { Tuner } from '../tuner/types.js';
 import { Engine } from './engine.js';
@@ -15,9 +16,10 @@ export function replay(
   log: readonly LogEntry[],
   tuner: Tuner,
   options: EngineOptions,
+  submitted?: (name: string) => { readonly study: Study; readonly tuner: Tuner },
 ): { engine: Engine; sameLog: boolean; firstDifference: number | null } {
   const engine = new Engine(study, tuner, options);
-  feedLog(engine, log);
+  feedLog(engine, log, submitted);
   const a = log.map((e) => JSON.stringify(e));
   const b = engine.log.map((e) => JSON.stringify(e));
   let firstDifference: number | null = null;
@@ -35,10 +37,20 @@ export function replay(
  * order (completions, failures, lost workers); the commands it answers are dropped. The
  * states the log reused are offered first, as the logged run had them.
  */
-export function feedLog(engine: Engine, log: readonly LogEntry[]): void {
+export function feedLog(
+  engine: Engine,
+  log: readonly LogEntry[],
+  submitted: (name: string) => { readonly study: Study; readonly tuner: Tuner } = (name) => {
+    throw new InternalError(`the log submits study ${name}, and no study of that name was given`);
+  },
+): void {
   for (const e of log) if (e.kind === 'reuse') engine.offer(e.key, e.metric);
   engine.start(log[0]?.t ?? 0);
   for (const e of log) {
+    if (e.kind === 'submit') {
+      const { study, tuner } = submitted(e.study);
+      engine.submit(e.t, study, tuner, { priority: e.priority });
+    }
     if (e.kind === 'done') engine.complete(e.t, e.task, { metric: e.metric });
     else if (e.kind === 'fail')
       engine.taskFailed(e.t, e.task, { message: e.message, reason: e.reason });
@@ -102,6 +114,7 @@ export function accountLog(log: readonly LogEntry[]): LogAccount {
       case 'reuse':
       case 'trialFailed':
       case 'finish':
+      case 'submit':
         break;
     }
   }

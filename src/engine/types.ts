@@ -128,7 +128,20 @@ export type LogEntry =
       readonly trial: TrialId;
       readonly message: string;
     }
-  | { readonly t: number; readonly kind: 'finish' };
+  | {
+      /** A study ended; `study` names it unless it is the engine's first study. */
+      readonly t: number;
+      readonly kind: 'finish';
+      readonly study?: string;
+    }
+  | {
+      /** A study joined the engine (`Engine.submit`); its trials are `study/t1`, ... */
+      readonly t: number;
+      readonly kind: 'submit';
+      readonly study: string;
+      /** Its weight in fair share. */
+      readonly priority: number;
+    };
 
 /** Costs the engine uses to estimate stage durations for critical-path priority. */
 export interface CostModel {

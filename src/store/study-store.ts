@@ -541,6 +541,7 @@ export class StudyStore {
       case 'fail':
       case 'lost':
       case 'finish':
+      case 'submit':
         return;
     }
   }
@@ -898,6 +899,7 @@ const KIND_NAMES: Readonly<Record<LogEntry['kind'], true>> = {
   task: true,
   done: true,
   cancel: true,
+  submit: true,
   reuse: true,
   metric: true,
   fail: true,
@@ -977,9 +979,15 @@ function checkEntry(entry: LogEntry, where: string): void {
     case 'fail':
       int('task', entry.task);
       return;
+    case 'finish':
+      if (entry.study !== undefined) str('study', entry.study);
+      return;
+    case 'submit':
+      str('study', entry.study);
+      num('priority', entry.priority);
+      return;
     case 'lost':
     case 'task':
-    case 'finish':
       return;
   }
 }

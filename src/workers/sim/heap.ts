@@ -19,6 +19,11 @@ export class EventHeap<T> {
     }
   }
 
+  /** The time of the next event, or undefined when there is none. */
+  peekTime(): number | undefined {
+    return this.items[0]?.t;
+  }
+
   pop(): { t: number; value: T } | undefined {
     const items = this.items;
     const top = items[0];

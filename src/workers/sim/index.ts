@@ -5,8 +5,10 @@ export {
   precedenceLowerBound,
   simCosts,
   simulate,
+  simulateStudies,
+  trainerIdentity,
 } from './simulate.js';
-export type { SimulationResult } from './simulate.js';
+export type { SimulationResult, Submission } from './simulate.js';
 export { SimPool } from './pool.js';
 export type { SimCosts, SimOutcome } from './pool.js';
 export { simEvaluate, simInit, simTrain } from './trainer.js';

@@ -1,12 +1,6 @@
-import { Engine } from '../../engine/index.js';
-import type {
-  EngineOptions,
-  EngineStats,
-  ExecutionMode,
-  LogEntry,
-  Task,
-  TaskId,
-} from '../../engine/index.js';
+import stringify from 'fast-json-stable-stringify';
+import { Engine, ExecutionMode } from '../../engine/index.js';
+import type { EngineOptions, EngineStats, LogEntry, Task, TaskId } from '../../engine/index.js';
 import { InternalError, ValidationError } from '../../errors.js';
 import { lookupBy } from '../../study/index.js';
 import type { Study } from '../../study/index.js';
@@ -86,14 +80,56 @@ export function simulate(
   mode: ExecutionMode,
   tuner: Tuner = createTuner(study),
 ): SimulationResult {
+  return simulateStudies([{ study, at: 0, tuner }], { mode });
+}
+
+/** A study in a multi-study simulation: when it is submitted, and with what. */
+export interface Submission {
+  readonly study: Study;
+  /** Virtual seconds at which it is submitted (the first study starts the engine). */
+  readonly at: number;
+  readonly tuner?: Tuner;
+  /** Its weight in fair share (default 1). */
+  readonly priority?: number;
+}
+
+/** The identity of a study's trainer, for the merge key when several studies share an engine. */
+export function trainerIdentity(study: Study): string {
+  return stringify(study.trainer);
+}
+
+/**
+ * Runs several studies on one engine and one simulated cluster: the first starts the
+ * engine at its `at`, each other one is submitted at its `at` (`Engine.submit`), and the
+ * studies share one stage forest (trials of the same trainer and static params share
+ * stages) and the GPUs (fair share). The cluster and worker budget are the first study's
+ * unless given. Every trial's metrics equal training it alone, as in a single study.
+ */
+export function simulateStudies(
+  submissions: readonly Submission[],
+  options: {
+    readonly mode?: ExecutionMode;
+    readonly gpus?: number;
+    readonly workers?: number;
+  } = {},
+): SimulationResult {
+  const [first, ...rest] = [...submissions].sort((a, b) => a.at - b.at);
+  if (!first) throw new InternalError('simulateStudies needs at least one study');
+  const study = first.study;
+  const mode = options.mode ?? ExecutionMode.stageTree;
   const costs = simCosts(study);
-  const gpus = clusterGpus(study);
-  const engine = new Engine(study, tuner, engineOptions(study, mode));
+  const gpus = options.gpus ?? clusterGpus(study);
+  const engine = new Engine(study, first.tuner ?? createTuner(study), {
+    ...engineOptions(study, mode),
+    gpus,
+    maxWorkers: options.workers ?? study.workers,
+    ...(rest.length > 0 ? { identity: trainerIdentity } : {}),
+  });
   const pool = new SimPool(costs, study.metric.mode);
   const heap = new EventHeap<TaskId>();
   const live = new Map<TaskId, { task: Task; started: number; duration: number; metric: number }>();
   let gpuSeconds = 0;
-  let now = 0;
+  let now = first.at;
 
   const apply = (cmds: { start: readonly Task[]; cancel: readonly TaskId[] }): void => {
     for (const id of cmds.cancel) {
@@ -110,8 +146,23 @@ export function simulate(
     }
   };
 
-  apply(engine.start(0));
-  for (let ev = heap.pop(); ev; ev = heap.pop()) {
+  apply(engine.start(now));
+  let next = 0;
+  for (;;) {
+    const due = heap.peekTime();
+    const sub = rest[next];
+    if (sub && (due === undefined || sub.at <= due)) {
+      next++;
+      now = Math.max(now, sub.at);
+      apply(
+        engine.submit(now, sub.study, sub.tuner ?? createTuner(sub.study), {
+          priority: sub.priority ?? 1,
+        }),
+      );
+      continue;
+    }
+    const ev = heap.pop();
+    if (!ev) break;
     const l = live.get(ev.value);
     if (!l) continue; // cancelled
     live.delete(ev.value);

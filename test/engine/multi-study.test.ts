@@ -1,0 +1,175 @@
+import { describe, expect, it } from 'vitest';
+import { ExecutionMode, replay } from '../../src/engine/index.js';
+import type { LogEntry } from '../../src/engine/index.js';
+import { planStudy } from '../../src/report/index.js';
+import type { Study } from '../../src/study/index.js';
+import { allStages } from '../../src/tree/index.js';
+import { createTuner } from '../../src/tuner/index.js';
+import type { TrialSpec } from '../../src/tuner/index.js';
+import {
+  engineOptions,
+  simulate,
+  simulateStudies,
+  trainerIdentity,
+} from '../../src/workers/sim/index.js';
+import type { SimulationResult } from '../../src/workers/sim/index.js';
+import { simAlone, smallStudy } from '../support/sim-study.js';
+
+/**
+ * Several studies on one engine (sessions sharing one stage forest and one cluster), in
+ * simulation: a study submitted while another runs trains only what that one has not,
+ * every trial's metrics equal training it alone, different trainer code shares nothing,
+ * and equal studies share the GPUs equally.
+ */
+
+/** The ResNet-20 learning-rate grid as re-tuned one week: these milestone options. */
+function week(name: string, milestones: number[], extra: Record<string, unknown> = {}): Study {
+  return smallStudy({
+    name,
+    space: {
+      lr: {
+        kind: 'multistep',
+        init: { choice: [0.05, 0.1, 0.2] },
+        factor: 0.1,
+        milestones: [{ choice: milestones }],
+      },
+      batchSize: 128,
+    },
+    ...extra,
+  });
+}
+
+/** Steps of the stages the run trained (each unique stage once). */
+function uniqueSteps(r: SimulationResult): number {
+  let n = 0;
+  for (const s of allStages(r.tree)) if (s.done) n += s.end - s.start;
+  return n;
+}
+
+/** Checks every metric of a log against training its trial alone; returns how many. */
+function checkAlone(log: readonly LogEntry[], mode: 'min' | 'max'): number {
+  const specs = new Map<string, TrialSpec>();
+  let checked = 0;
+  for (const e of log) {
+    if (e.kind === 'propose') specs.set(e.trial, e.spec);
+    if (e.kind !== 'metric') continue;
+    const spec = specs.get(e.trial) as TrialSpec;
+    expect(e.value).toBe(simAlone(spec, e.step, mode));
+    checked++;
+  }
+  return checked;
+}
+
+describe('several studies on one engine (simulation)', () => {
+  const a = week('week1', [20, 30]);
+  const b = week('week2', [20, 30, 35]);
+
+  it('a study submitted while another runs trains only what that one has not', () => {
+    const aloneA = simulate(a, ExecutionMode.stageTree);
+    const aloneB = simulate(b, ExecutionMode.stageTree);
+    const joint = simulateStudies([
+      { study: a, at: 0 },
+      { study: b, at: 0.3 * aloneA.makespanSeconds },
+    ]);
+    // week2's grid contains week1's: together they need exactly week2's tree.
+    expect(uniqueSteps(joint)).toBe(planStudy(b).summary.treeSteps);
+    expect(joint.stats.stepsTrained).toBeLessThan(
+      aloneA.stats.stepsTrained + aloneB.stats.stepsTrained,
+    );
+    expect(joint.gpuSeconds).toBeLessThan(aloneA.gpuSeconds + aloneB.gpuSeconds);
+    // Both studies finished, each on its own; week2's trials are week2/t1, ...
+    const finishes = joint.log.filter((e) => e.kind === 'finish');
+    expect(finishes).toEqual([
+      expect.objectContaining({ kind: 'finish' }),
+      expect.objectContaining({ kind: 'finish', study: 'week2' }),
+    ]);
+    const trials = new Set(joint.log.flatMap((e) => (e.kind === 'propose' ? [e.trial] : [])));
+    expect([...trials].filter((t) => t.startsWith('week2/')).length).toBe(9);
+    expect([...trials].filter((t) => !t.includes('/')).length).toBe(6);
+    // Every trial of both studies sees what it sees alone.
+    expect(checkAlone(joint.log, 'max')).toBe(6 * 4 + 9 * 4);
+  });
+
+  it('replays a multi-study log decision for decision', () => {
+    const joint = simulateStudies([
+      { study: a, at: 0 },
+      { study: b, at: 100 },
+    ]);
+    const again = replay(
+      a,
+      joint.log,
+      createTuner(a),
+      { ...engineOptions(a, ExecutionMode.stageTree), identity: trainerIdentity },
+      (name) => {
+        expect(name).toBe('week2');
+        return { study: b, tuner: createTuner(b) };
+      },
+    );
+    expect(again.firstDifference).toBeNull();
+  });
+
+  it('shares nothing between studies whose trainers differ', () => {
+    const other = week('other-code', [20, 30], {
+      trainer: {
+        kind: 'sim',
+        stepSeconds: 3,
+        startSeconds: 5,
+        saveSeconds: 0.5,
+        loadSeconds: 0.25,
+      },
+    });
+    const joint = simulateStudies([
+      { study: a, at: 0 },
+      { study: other, at: 50 },
+    ]);
+    expect(uniqueSteps(joint)).toBe(
+      planStudy(a).summary.treeSteps + planStudy(other).summary.treeSteps,
+    );
+    expect(checkAlone(joint.log, 'max')).toBe(2 * 6 * 4);
+  });
+
+  it('gives two studies of equal priority on a saturated cluster equal GPU time (fair share)', () => {
+    // The first study's trials are twice as long: by critical path alone its stages would
+    // always go first and the second study would wait.
+    const big = (name: string, model: string, steps: number): Study =>
+      smallStudy({
+        name,
+        params: { model, seed: 0 },
+        space: {
+          lr: {
+            kind: 'multistep',
+            init: { choice: [0.02, 0.05, 0.1, 0.2, 0.3, 0.4] },
+            factor: 0.1,
+            milestones: [{ choice: [steps / 2, (3 * steps) / 4] }],
+          },
+          batchSize: 128,
+        },
+        steps,
+        workers: 2,
+      });
+    const joint = simulateStudies([
+      { study: big('first', 'resnet20', 80), at: 0 },
+      { study: big('second', 'wrn16', 40), at: 0 },
+    ]);
+    // GPU time each study's tasks got until the first study finished.
+    const end = (joint.log.find((e) => e.kind === 'finish') as LogEntry).t;
+    const used = new Map<string, number>();
+    const open = new Map<number, { t: number; model: string; share: number }>();
+    for (const e of joint.log) {
+      if (e.kind === 'task') {
+        const model = String(e.task.runs[0]?.params.model);
+        open.set(e.task.id, { t: e.t, model, share: e.task.share });
+      } else if (e.kind === 'done' || e.kind === 'cancel') {
+        const o = open.get(e.task);
+        if (!o || o.t >= end) continue;
+        used.set(o.model, (used.get(o.model) ?? 0) + (Math.min(e.t, end) - o.t) * o.share);
+      }
+    }
+    const first = used.get('resnet20') ?? 0;
+    const second = used.get('wrn16') ?? 0;
+    expect(first).toBeGreaterThan(0);
+    // Within 20% of an even split (stages are indivisible, so not exactly even).
+    expect(first / (first + second)).toBeGreaterThan(0.4);
+    expect(first / (first + second)).toBeLessThan(0.6);
+  });
+});
