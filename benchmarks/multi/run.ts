@@ -69,6 +69,8 @@ interface Scenario {
   /** Mean hours from a study's submission to its end, in the shared run and alone. */
   readonly sharedMeanLatencyHours: number;
   readonly aloneMeanLatencyHours: number;
+  /** Per study in the shared run: steps its tasks trained, and demanded steps it reused. */
+  readonly perStudy: readonly { name: string; stepsTrained: number; stepsReused: number }[];
 }
 
 function scenario(name: string, submissions: Submission[], gpus: number): Scenario {
@@ -101,6 +103,11 @@ function scenario(name: string, submissions: Submission[], gpus: number): Scenar
     sharedGpuHours: hours(shared.gpuSeconds),
     sharedOverAlone: ratio(alone, shared.gpuSeconds),
     sharedOverTrialBased: ratio(trialBased, shared.gpuSeconds),
+    perStudy: [...shared.studies].map(([key, v]) => ({
+      name: key === '' ? (submissions[0]?.study.name ?? '') : key,
+      stepsTrained: Math.round(v.trained * 10) / 10,
+      stepsReused: Math.round(v.reused * 10) / 10,
+    })),
     sharedMeanLatencyHours: hours(latency / submissions.length),
     aloneMeanLatencyHours: hours(aloneMakespan / submissions.length),
   };

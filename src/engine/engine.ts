@@ -100,6 +100,8 @@ interface Session {
   finished: boolean;
   /** Estimated GPU-seconds of the tasks it demanded (shared tasks split), for fair share. */
   usage: number;
+  /** Steps of the tasks it demanded, re-computations included (shared tasks split). */
+  stepsTrained: number;
 }
 
 /** How a study joins a running engine. */
@@ -237,6 +239,7 @@ export class Engine {
       paused: 0,
       finished: false,
       usage: 0,
+      stepsTrained: 0,
     };
     session.ctx = this.makeContext(session);
     this.sessions.push(session);
@@ -283,6 +286,34 @@ export class Engine {
   /** Each study's estimated GPU-seconds so far, by name ('' for the first): fair share's measure. */
   sessionUsage(): ReadonlyMap<string, number> {
     return new Map(this.sessions.map((x) => [x.name, x.usage]));
+  }
+
+  /**
+   * What each study (by name, '' for the first) trained and reused: `trained`, the steps
+   * of the tasks it demanded when they started (a task several studies demanded is split
+   * between them; re-computations count); `demanded`, the unique steps of its trials'
+   * paths; `reused`, what of that it got from stages another study trained.
+   */
+  sessionSteps(): ReadonlyMap<
+    string,
+    { readonly trained: number; readonly demanded: number; readonly reused: number }
+  > {
+    const out = new Map<string, { trained: number; demanded: number; reused: number }>();
+    for (const x of this.sessions) {
+      const seen = new Set<StageId>();
+      let demanded = 0;
+      for (const t of x.trials) {
+        if (!hasTrial(this.tree, t)) continue;
+        for (const st of pathOf(this.tree, t)) {
+          if (seen.has(st.id)) continue;
+          seen.add(st.id);
+          demanded += st.end - st.start;
+        }
+      }
+      const trained = x.stepsTrained;
+      out.set(x.name, { trained, demanded, reused: Math.max(0, demanded - trained) });
+    }
+    return out;
   }
 
   /** Whether a study (by name, '' for the first) has finished. */
@@ -749,10 +780,14 @@ export class Engine {
   }
 
   /** Charges a launched stage's estimated GPU-seconds to the studies that demand it, split. */
-  private charge(s: Stage, share: number): void {
-    const owners = this.ownersOf(s);
+  private charge(s: Stage, share: number, steps: number): void {
+    // One study owns everything (and trialsThrough would cost O(trials) per launch).
+    const owners = this.sessions.length === 1 ? [this.primary] : this.ownersOf(s);
     const cost = this.stepCost(s) * share;
-    for (const x of owners) x.usage += cost / owners.length;
+    for (const x of owners) {
+      x.usage += cost / owners.length;
+      x.stepsTrained += steps / owners.length;
+    }
   }
 
   private hasRoom(): boolean {
@@ -1026,7 +1061,11 @@ export class Engine {
     this.stats.stagesRecomputed += chain.length - 1;
     for (const c of chain) this.stats.stepsTrained += c.end - c.start;
     this.log.push({ t: this.now, kind: 'task', task });
-    if (this.sessions.length > 1) this.charge(s, share);
+    this.charge(
+      s,
+      share,
+      chain.reduce((n, c) => n + c.end - c.start, 0),
+    );
     this.startedTasks.push(task);
     return true;
   }

@@ -86,6 +86,13 @@ describe('several studies on one engine (simulation)', () => {
     const trials = new Set(joint.log.flatMap((e) => (e.kind === 'propose' ? [e.trial] : [])));
     expect([...trials].filter((t) => t.startsWith('week2/')).length).toBe(9);
     expect([...trials].filter((t) => !t.includes('/')).length).toBe(6);
+    // The accounting credits the reuse: week2 got trained stages from week1, and what
+    // the two trained adds up to what the engine trained.
+    const w1 = joint.studies.get('') as { trained: number; reused: number };
+    const w2 = joint.studies.get('week2') as { trained: number; demanded: number; reused: number };
+    expect(w2.reused).toBeGreaterThan(0);
+    expect(w2.trained).toBeLessThan(w2.demanded);
+    expect(w1.trained + w2.trained).toBeCloseTo(joint.stats.stepsTrained, 9);
     // Every trial of both studies sees what it sees alone.
     expect(checkAlone(joint.log, 'max')).toBe(6 * 4 + 9 * 4);
   });
@@ -126,6 +133,7 @@ describe('several studies on one engine (simulation)', () => {
       planStudy(a).summary.treeSteps + planStudy(other).summary.treeSteps,
     );
     expect(checkAlone(joint.log, 'max')).toBe(2 * 6 * 4);
+    expect(joint.studies.get('other-code')?.reused).toBe(0);
   });
 
   it('gives two studies of equal priority on a saturated cluster equal GPU time (fair share)', () => {

@@ -23,6 +23,8 @@ export interface SimulationResult {
   readonly log: readonly LogEntry[];
   readonly tree: StageTree;
   readonly gpus: number;
+  /** What each study (by name, '' for the first) trained and reused (`Engine.sessionSteps`). */
+  readonly studies: ReturnType<Engine['sessionSteps']>;
 }
 
 /** The costs of a study's `sim` trainer (a study with a real trainer cannot be simulated). */
@@ -190,6 +192,7 @@ export function simulateStudies(
     log: engine.log,
     tree: engine.stageTree,
     gpus,
+    studies: engine.sessionSteps(),
   };
 }
 
