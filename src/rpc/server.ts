@@ -22,9 +22,12 @@ export interface WorkerConnection {
   onClose(listener: (reason: string) => void): void;
 }
 
-/** Why a registration is refused: no valid secret, or a worker that is connected already. */
+/**
+ * Why a registration is refused: no valid secret, a worker that is connected already, or
+ * a worker that is not what it was started as (other GPUs, a state it cannot hold).
+ */
 export interface Refusal {
-  readonly code: 'unauthenticated' | 'already-exists';
+  readonly code: 'unauthenticated' | 'already-exists' | 'failed-precondition';
   readonly message: string;
 }
 
@@ -68,6 +71,7 @@ function fail(call: Call, code: status, details: string): void {
 const STATUS = {
   unauthenticated: status.UNAUTHENTICATED,
   'already-exists': status.ALREADY_EXISTS,
+  'failed-precondition': status.FAILED_PRECONDITION,
 } as const;
 
 type Connection = WorkerConnection & {

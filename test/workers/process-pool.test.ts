@@ -42,7 +42,11 @@ afterEach(async () => {
   pools = [];
 });
 
-async function pool(file = process.execPath): Promise<{
+async function pool(
+  file = process.execPath,
+  prefix: readonly string[] = [],
+): Promise<{
+  hub: WorkerHub;
   pool: ProcessPool;
   messages: { worker: string; m: WorkerToEngine }[];
   gone: Map<string, { reason: string; info: GoneInfo }>;
@@ -59,7 +63,7 @@ async function pool(file = process.execPath): Promise<{
   p = new ProcessPool({
     command: () => ({
       file,
-      args: [join(ROOT, 'dist', 'cli', 'worker.js')],
+      args: [...prefix, join(ROOT, 'dist', 'cli', 'worker.js')],
       env: { STAGETREE_TRAINER_MODULE: TRAINER, STAGETREE_TRAINER_EXPORT: 'QuadraticTrainer' },
     }),
     engineAddress: hub.address,
@@ -79,7 +83,7 @@ async function pool(file = process.execPath): Promise<{
       await new Promise((r) => setTimeout(r, 10));
     }
   };
-  return { pool: p, messages, gone, until };
+  return { hub, pool: p, messages, gone, until };
 }
 
 const resultOf = (messages: { m: WorkerToEngine }[], id: number): WorkerToEngine | undefined =>
@@ -136,6 +140,21 @@ describe('the process pool contract (real processes)', () => {
     expect(p.state('w1')).toBe('gone');
   });
 
+  it('refuses a worker that is not what it was started as (other GPUs)', async () => {
+    // Started for no GPU, but something on the way hands it GPU 3.
+    const {
+      hub,
+      pool: p,
+      gone,
+      until,
+    } = await pool('/usr/bin/env', ['CUDA_VISIBLE_DEVICES=3', process.execPath]);
+    p.start('w1', 0, 1);
+    await until('the refusal', () => gone.has('w1'));
+    expect(hub.refused.get('failed-precondition')).toBe(1);
+    expect(gone.get('w1')?.info.registered).toBe(false);
+    expect(p.registered('w1')).toBe(false);
+  });
+
   it('reports a slot killed mid-task as gone, with no result', async () => {
     const { pool: p, messages, gone, until } = await pool();
     p.start('w1', 0, 1);
@@ -151,7 +170,7 @@ describe('the process pool contract (real processes)', () => {
     expect(resultOf(messages, t.id)).toBeUndefined();
   });
 
-  it('frees a slot on cancel; a result racing the cancel is dropped by the worker', async () => {
+  it('frees a slot on cancel, and the slot serves the next task at once', async () => {
     const { pool: p, messages, until } = await pool();
     p.start('w1', 0, 1);
     await until('registration', () => p.registered('w1'));
@@ -166,7 +185,8 @@ describe('the process pool contract (real processes)', () => {
       p.send('w1', { kind: 'run', task: toWireTask(next) });
       await until('the next result', () => resultOf(messages, next.id) !== undefined);
       expect(resultOf(messages, next.id)?.kind).toBe('done');
-      expect(resultOf(messages, t.id)).toBeUndefined();
+      // The cancelled task's result may still come (it can finish before the cancel
+      // arrives): the pool passes it on, and the runner drops it as late (a hardening test).
       checked++;
     }
     expect(checked).toBe(5);

@@ -51,6 +51,9 @@ interface Slot {
   readonly life: SlotLifecycle;
   readonly child: ChildProcess;
   readonly secret: Buffer;
+  /** The GPUs (CUDA_VISIBLE_DEVICES) and share it was started with. */
+  readonly gpus: readonly number[];
+  readonly share: number;
   port: WorkerPort | null;
   /** Messages waiting for the worker to register. */
   readonly pending: EngineToWorker[];
@@ -62,7 +65,7 @@ interface Slot {
 
 /** A registration refused by `admit`. */
 export interface AdmitRefusal {
-  readonly code: 'unauthenticated' | 'already-exists';
+  readonly code: 'unauthenticated' | 'already-exists' | 'failed-precondition';
   readonly message: string;
 }
 
@@ -168,6 +171,8 @@ export class ProcessPool {
       life: new SlotLifecycle(id),
       child,
       secret,
+      gpus: this.options.gpus ? [gpu] : [],
+      share,
       port: null,
       pending: [],
       tail,
@@ -192,7 +197,13 @@ export class ProcessPool {
    * Whether a registration may connect: it must name a worker this pool started and is
    * waiting for, with that worker's secret (compared in constant time). Null admits it.
    */
-  admit(registration: { readonly workerId: string; readonly secret: string }): AdmitRefusal | null {
+  admit(registration: {
+    readonly workerId: string;
+    readonly secret: string;
+    readonly gpus: readonly number[];
+    readonly gpuShare: number;
+    readonly holds: string | null;
+  }): AdmitRefusal | null {
     const slot = this.slots.get(registration.workerId);
     const given = Buffer.from(registration.secret, 'base64url');
     if (
@@ -210,6 +221,26 @@ export class ProcessPool {
       return {
         code: 'already-exists',
         message: `worker ${registration.workerId} is connected already`,
+      };
+    }
+    // It proved who it is; now it must be what it was started as.
+    const id = registration.workerId;
+    if (registration.gpus.join(',') !== slot.gpus.join(',')) {
+      return {
+        code: 'failed-precondition',
+        message: `worker ${id} sees GPUs [${registration.gpus.join(', ')}], it was started for [${slot.gpus.join(', ')}] (CUDA_VISIBLE_DEVICES changed on the way?)`,
+      };
+    }
+    if (Math.abs(registration.gpuShare - slot.share) > 1e-9) {
+      return {
+        code: 'failed-precondition',
+        message: `worker ${id} registered for a GPU share of ${registration.gpuShare}, it was started for ${slot.share}`,
+      };
+    }
+    if (registration.holds !== null) {
+      return {
+        code: 'failed-precondition',
+        message: `worker ${id} is new and cannot hold state ${registration.holds}`,
       };
     }
     return null;
