@@ -76,6 +76,11 @@ export interface EngineOptions {
    * code never share a stage. Unset (a single study): merge keys are the static params.
    */
   readonly identity?: (study: Study) => string;
+  /**
+   * An executor of several studies: each study holds at most its `workers` tasks at once
+   * (`maxWorkers` is then the pool's size). Off (one study): `maxWorkers` alone limits.
+   */
+  readonly studyCaps?: boolean;
 }
 
 /** The static param that carries the trainer's identity into the merge key. */
@@ -150,6 +155,8 @@ interface Running {
   readonly start: number;
   readonly end: number;
   readonly rep: TrialId;
+  /** The studies that demanded it when it started (each holds its slot, for `workers` caps). */
+  readonly owners: readonly Session[];
 }
 
 /**
@@ -702,6 +709,7 @@ export class Engine {
     let placedAny = false;
     for (const s of ordered) {
       if (!this.hasRoom()) break;
+      if (this.options.studyCaps === true && this.capped(s)) continue;
       if (this.launch(s)) placedAny = true;
     }
     return placedAny || this.running.size > 0 ? null : (ordered[0] ?? null);
@@ -779,11 +787,23 @@ export class Engine {
       .map((x) => x.s);
   }
 
+  /**
+   * With several studies, a study's `workers` is the most tasks it may hold at once: a
+   * stage waits while every study that demands it is at its cap (a task several studies
+   * demand counts for each of them).
+   */
+  private capped(s: Stage): boolean {
+    if (this.sessions.length === 1) return this.running.size >= this.primary.study.workers;
+    const owners = this.ownersOf(s);
+    if (owners.length === 0) return false;
+    const held = new Map<Session, number>();
+    for (const r of this.running.values())
+      for (const x of r.owners) held.set(x, (held.get(x) ?? 0) + 1);
+    return owners.every((x) => (held.get(x) ?? 0) >= x.study.workers);
+  }
+
   /** Charges a launched stage's estimated GPU-seconds to the studies that demand it, split. */
-  private charge(s: Stage, share: number, steps: number): void {
-    // One study owns everything (and trialsThrough would cost O(trials) per launch).
-    const owners = this.sessions.length === 1 ? [this.primary] : this.ownersOf(s);
-    const cost = this.stepCost(s) * share;
+  private charge(owners: readonly Session[], cost: number, steps: number): void {
     for (const x of owners) {
       x.usage += cost / owners.length;
       x.stepsTrained += steps / owners.length;
@@ -1048,6 +1068,8 @@ export class Engine {
     worker.holds = null;
     worker.lineage = lineage;
     this.gpuUsed[worker.gpu] = (this.gpuUsed[worker.gpu] ?? 0) + share;
+    // One study owns everything (and trialsThrough would cost O(trials) per launch).
+    const owners = this.sessions.length === 1 ? [this.primary] : this.ownersOf(s);
     this.running.set(task.id, {
       task,
       startedAt: this.now,
@@ -1055,6 +1077,7 @@ export class Engine {
       start: s.start,
       end: s.end,
       rep: s.rep,
+      owners,
     });
     this.runningStages.set(s.id, task.id);
     this.stats.stagesRun++;
@@ -1062,8 +1085,8 @@ export class Engine {
     for (const c of chain) this.stats.stepsTrained += c.end - c.start;
     this.log.push({ t: this.now, kind: 'task', task });
     this.charge(
-      s,
-      share,
+      owners,
+      this.stepCost(s) * share,
       chain.reduce((n, c) => n + c.end - c.start, 0),
     );
     this.startedTasks.push(task);

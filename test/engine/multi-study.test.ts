@@ -106,7 +106,7 @@ describe('several studies on one engine (simulation)', () => {
       a,
       joint.log,
       createTuner(a),
-      { ...engineOptions(a, ExecutionMode.stageTree), identity: trainerIdentity },
+      { ...engineOptions(a, ExecutionMode.stageTree), identity: trainerIdentity, studyCaps: true },
       (name) => {
         expect(name).toBe('week2');
         return { study: b, tuner: createTuner(b) };
@@ -134,6 +134,36 @@ describe('several studies on one engine (simulation)', () => {
     );
     expect(checkAlone(joint.log, 'max')).toBe(2 * 6 * 4);
     expect(joint.studies.get('other-code')?.reused).toBe(0);
+  });
+
+  it("caps each study's concurrent tasks at its workers", () => {
+    const capped = (name: string, model: string, workers: number): Study =>
+      smallStudy({ name, params: { model, seed: 0 }, workers });
+    const joint = simulateStudies(
+      [
+        { study: capped('narrow', 'resnet20', 1), at: 0 },
+        { study: capped('wide', 'wrn16', 3), at: 0 },
+      ],
+      { gpus: 4, workers: 4 },
+    );
+    // The most tasks of each study running at once, from the log.
+    const most = new Map<string, number>();
+    const now = new Map<string, number>();
+    const modelOf = new Map<number, string>();
+    for (const e of joint.log) {
+      if (e.kind === 'task') {
+        const m = String(e.task.runs[0]?.params.model);
+        modelOf.set(e.task.id, m);
+        now.set(m, (now.get(m) ?? 0) + 1);
+        most.set(m, Math.max(most.get(m) ?? 0, now.get(m) ?? 0));
+      } else if (e.kind === 'done' || e.kind === 'cancel') {
+        const m = modelOf.get(e.task) as string;
+        now.set(m, (now.get(m) ?? 0) - 1);
+      }
+    }
+    expect(most.get('resnet20')).toBe(1);
+    expect(most.get('wrn16')).toBe(3);
+    expect(checkAlone(joint.log, 'max')).toBe(2 * 6 * 4);
   });
 
   it('gives two studies of equal priority on a saturated cluster equal GPU time (fair share)', () => {

@@ -125,7 +125,7 @@ export function simulateStudies(
     ...engineOptions(study, mode),
     gpus,
     maxWorkers: options.workers ?? study.workers,
-    ...(rest.length > 0 ? { identity: trainerIdentity } : {}),
+    ...(rest.length > 0 ? { identity: trainerIdentity, studyCaps: true } : {}),
   });
   const pool = new SimPool(costs, study.metric.mode);
   const heap = new EventHeap<TaskId>();
