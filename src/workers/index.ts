@@ -1,4 +1,7 @@
 export { runWithPool } from './runner.js';
 export type { RunOptions, RunResult, RunStop } from './runner.js';
 export { ProcessPool } from './process/pool.js';
-export type { GoneInfo, ProcessPoolOptions, WorkerCommand } from './process/pool.js';
+export type { ProcessPoolOptions, WorkerCommand } from './process/pool.js';
+export { subscribe } from './pool.js';
+export type { GoneInfo, Unsubscribe, WorkerMessage, WorkerPool } from './pool.js';
+export { IllegalTransitionError, SlotLifecycle, SlotState } from './slot.js';

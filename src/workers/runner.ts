@@ -2,7 +2,7 @@ import { Engine, feedLog, toWireTask } from '../engine/index.js';
 import type { Commands, EngineOptions, LogEntry, Task, TaskId, WorkerId } from '../engine/index.js';
 import type { Study } from '../study/index.js';
 import type { Tuner } from '../tuner/index.js';
-import type { GoneInfo, ProcessPool } from './process/pool.js';
+import type { GoneInfo, WorkerPool } from './pool.js';
 
 /** Until a task's duration has been measured, its time limit (seconds) when the study sets none. */
 export const UNMEASURED_TASK_LIMIT = 6 * 3600;
@@ -17,7 +17,7 @@ export interface RunOptions {
   readonly study: Study;
   readonly tuner: Tuner;
   readonly engine: EngineOptions;
-  readonly pool: ProcessPool;
+  readonly pool: WorkerPool;
   /** Seconds, monotonic: the only clock the run reads. */
   readonly clock: () => number;
   /** Receives every new event-log entry, in order, as soon as it exists. */
@@ -203,84 +203,92 @@ export async function runWithPool(options: RunOptions): Promise<RunResult> {
     return false;
   };
 
-  pool.onMessage((worker, m) => {
-    if (stopped) return;
-    lastSeen.set(worker, now());
-    switch (m.kind) {
-      case 'heartbeat':
-      case 'progress':
-        return;
-      case 'done': {
-        if (!admitResult(worker, m.taskId, 'done')) return;
-        const s = sent.get(m.taskId);
-        sent.delete(m.taskId);
-        options.onResult?.(m.taskId, { seconds: m.seconds, detail: '' });
-        if (s && s.steps > 0) {
-          const total = Object.values(m.seconds).reduce((a, b) => a + b, 0);
-          const perStep = total / s.steps;
-          secondsPerStep = Math.max(secondsPerStep ?? 0, perStep);
-        }
-        failures.delete(s?.stage ?? '');
-        const metric = m.metrics[metricName];
-        if (metric === undefined) {
-          apply(
-            engine.taskFailed(now(), m.taskId, {
-              message: `the trainer's evaluate() returned no "${metricName}" (it returned ${Object.keys(m.metrics).slice(0, 20).join(', ') || 'nothing'})`,
-              reason: 'trainer',
-            }),
-          );
-        } else {
-          apply(engine.complete(now(), m.taskId, { metric }));
-          if (options.discard && ++completions % 20 === 0) {
-            const keys = engine.collectCheckpoints();
-            if (keys.length > 0) options.discard(keys);
+  const unsubscribe: (() => void)[] = [];
+  unsubscribe.push(
+    pool.onMessage((worker, m) => {
+      if (stopped) return;
+      lastSeen.set(worker, now());
+      switch (m.kind) {
+        case 'heartbeat':
+        case 'progress':
+          return;
+        case 'done': {
+          if (!admitResult(worker, m.taskId, 'done')) return;
+          const s = sent.get(m.taskId);
+          sent.delete(m.taskId);
+          options.onResult?.(m.taskId, { seconds: m.seconds, detail: '' });
+          if (s && s.steps > 0) {
+            const total = Object.values(m.seconds).reduce((a, b) => a + b, 0);
+            const perStep = total / s.steps;
+            secondsPerStep = Math.max(secondsPerStep ?? 0, perStep);
           }
-        }
-        check();
-        return;
-      }
-      case 'failed': {
-        if (!admitResult(worker, m.taskId, 'failed')) return;
-        const s = sent.get(m.taskId);
-        sent.delete(m.taskId);
-        options.onResult?.(m.taskId, { seconds: {}, detail: m.detail });
-        if (m.reason === 'environment') {
-          stop({ kind: 'environment', message: `worker ${worker}: ${m.message}` });
+          failures.delete(s?.stage ?? '');
+          const metric = m.metrics[metricName];
+          if (metric === undefined) {
+            apply(
+              engine.taskFailed(now(), m.taskId, {
+                message: `the trainer's evaluate() returned no "${metricName}" (it returned ${Object.keys(m.metrics).slice(0, 20).join(', ') || 'nothing'})`,
+                reason: 'trainer',
+              }),
+            );
+          } else {
+            apply(engine.complete(now(), m.taskId, { metric }));
+            if (options.discard && ++completions % 20 === 0) {
+              const keys = engine.collectCheckpoints();
+              if (keys.length > 0) options.discard(keys);
+            }
+          }
+          check();
           return;
         }
-        if (m.reason === 'trainer' && s) failures.set(s.stage, (failures.get(s.stage) ?? 0) + 1);
-        apply(engine.taskFailed(now(), m.taskId, { message: m.message, reason: m.reason }));
-        check();
-        return;
+        case 'failed': {
+          if (!admitResult(worker, m.taskId, 'failed')) return;
+          const s = sent.get(m.taskId);
+          sent.delete(m.taskId);
+          options.onResult?.(m.taskId, { seconds: {}, detail: m.detail });
+          if (m.reason === 'environment') {
+            stop({ kind: 'environment', message: `worker ${worker}: ${m.message}` });
+            return;
+          }
+          if (m.reason === 'trainer' && s) failures.set(s.stage, (failures.get(s.stage) ?? 0) + 1);
+          apply(engine.taskFailed(now(), m.taskId, { message: m.message, reason: m.reason }));
+          check();
+          return;
+        }
       }
-    }
-  });
-  pool.onRegistered((worker) => {
-    const t = now();
-    for (const s of sent.values()) if (s.worker === worker && s.sentAt !== null) s.reachedAt ??= t;
-  });
-  pool.onGone((worker, reason, info: GoneInfo) => {
-    if (stopped || engine.done) return;
-    lastSeen.delete(worker);
-    for (const [id, s] of sent) if (s.worker === worker) forget(id);
-    ended.delete(worker);
-    if (!info.registered) {
-      startFailures++;
-      if (startFailures >= START_FAILURES_TO_STOP) {
-        const output =
-          info.output.length > 0 ? `; its last output:\n${info.output.join('\n')}` : '';
-        stop({
-          kind: 'environment',
-          message: `${startFailures} worker processes in a row exited before connecting to the engine (the last: ${reason})${output}`,
-        });
-        return;
+    }),
+  );
+  unsubscribe.push(
+    pool.onRegistered((worker) => {
+      const t = now();
+      for (const s of sent.values())
+        if (s.worker === worker && s.sentAt !== null) s.reachedAt ??= t;
+    }),
+  );
+  unsubscribe.push(
+    pool.onGone((worker, reason, info: GoneInfo) => {
+      if (stopped || engine.done) return;
+      lastSeen.delete(worker);
+      for (const [id, s] of sent) if (s.worker === worker) forget(id);
+      ended.delete(worker);
+      if (!info.registered) {
+        startFailures++;
+        if (startFailures >= START_FAILURES_TO_STOP) {
+          const output =
+            info.output.length > 0 ? `; its last output:\n${info.output.join('\n')}` : '';
+          stop({
+            kind: 'environment',
+            message: `${startFailures} worker processes in a row exited before connecting to the engine (the last: ${reason})${output}`,
+          });
+          return;
+        }
+      } else {
+        startFailures = 0;
       }
-    } else {
-      startFailures = 0;
-    }
-    apply(engine.workerLost(now(), worker, reason));
-    check();
-  });
+      apply(engine.workerLost(now(), worker, reason));
+      check();
+    }),
+  );
 
   const started = clock();
   const resume = options.resumeFrom ?? [];
@@ -358,6 +366,7 @@ export async function runWithPool(options: RunOptions): Promise<RunResult> {
       2,
     );
   }
+  for (const u of unsubscribe) u();
   return {
     engine,
     seconds: clock() - started,

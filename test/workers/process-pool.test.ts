@@ -110,6 +110,10 @@ describe('slot lifecycle', () => {
 describe('the process pool contract (real processes)', () => {
   it('walks a slot through starting, idle, busy, idle, draining and gone', async () => {
     const { pool: p, messages, gone, until } = await pool();
+    // A listener that unsubscribes hears nothing more; the others go on.
+    let heardAfter = 0;
+    const off = p.onMessage(() => heardAfter++);
+    off();
     p.start('w1', 0, 1);
     expect(p.state('w1')).toBe('starting');
     await until('registration', () => p.registered('w1'));
@@ -123,6 +127,7 @@ describe('the process pool contract (real processes)', () => {
     );
     await until('the result', () => resultOf(messages, t.id) !== undefined);
     expect(resultOf(messages, t.id)?.kind).toBe('done');
+    expect(heardAfter).toBe(0);
     expect(p.state('w1')).toBe('idle');
     p.stop('w1', 'done with it');
     expect(p.state('w1')).toBe('draining');

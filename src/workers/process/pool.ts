@@ -2,7 +2,9 @@ import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { WORKER_SECRET_ENV } from '../../engine/index.js';
-import type { EngineToWorker, WorkerId, WorkerPort, WorkerToEngine } from '../../engine/index.js';
+import type { EngineToWorker, WorkerId, WorkerPort } from '../../engine/index.js';
+import { subscribe } from '../pool.js';
+import type { GoneInfo, Unsubscribe, WorkerMessage, WorkerPool } from '../pool.js';
 import { SlotLifecycle, SlotState } from '../slot.js';
 import { InternalError } from '../../errors.js';
 
@@ -28,16 +30,6 @@ export interface ProcessPoolOptions {
   readonly welcome: Omit<Extract<EngineToWorker, { kind: 'welcome' }>, 'workerId'>;
   /** Where worker output goes (default: this process's stderr, prefixed). */
   readonly log?: (workerId: WorkerId, line: string) => void;
-}
-
-type Message = Exclude<WorkerToEngine, { kind: 'register' }>;
-
-/** What the pool knows of a worker that is gone. */
-export interface GoneInfo {
-  /** Whether it ever registered (a worker that dies before is an environment problem). */
-  readonly registered: boolean;
-  /** Its last lines of output (stdout and stderr), oldest first. */
-  readonly output: readonly string[];
 }
 
 /** How long a worker whose stream ended may take to exit on its own before it is killed. */
@@ -79,10 +71,10 @@ export interface AdmitRefusal {
  * stream ends, whichever comes first. A worker that never registers is killed, not
  * reused. Every line a worker prints is passed on, none dropped.
  */
-export class ProcessPool {
+export class ProcessPool implements WorkerPool {
   private readonly slots = new Map<WorkerId, Slot>();
   private readonly key = randomBytes(32);
-  private readonly messageListeners: ((worker: WorkerId, m: Message) => void)[] = [];
+  private readonly messageListeners: ((worker: WorkerId, m: WorkerMessage) => void)[] = [];
   private readonly goneListeners: ((worker: WorkerId, reason: string, info: GoneInfo) => void)[] =
     [];
   private readonly registeredListeners: ((worker: WorkerId) => void)[] = [];
@@ -94,17 +86,17 @@ export class ProcessPool {
     return this.options.engineAddress;
   }
 
-  onMessage(listener: (worker: WorkerId, m: Message) => void): void {
-    this.messageListeners.push(listener);
+  onMessage(listener: (worker: WorkerId, m: WorkerMessage) => void): Unsubscribe {
+    return subscribe(this.messageListeners, listener);
   }
 
-  onGone(listener: (worker: WorkerId, reason: string, info: GoneInfo) => void): void {
-    this.goneListeners.push(listener);
+  onGone(listener: (worker: WorkerId, reason: string, info: GoneInfo) => void): Unsubscribe {
+    return subscribe(this.goneListeners, listener);
   }
 
   /** A worker registered: messages sent to it from now on reach it. */
-  onRegistered(listener: (worker: WorkerId) => void): void {
-    this.registeredListeners.push(listener);
+  onRegistered(listener: (worker: WorkerId) => void): Unsubscribe {
+    return subscribe(this.registeredListeners, listener);
   }
 
   /** Whether a worker has registered (and is not gone). */
