@@ -12,7 +12,7 @@ import {
   StagetreeError,
 } from '../errors.js';
 import { ExecutionMode, replay } from '../engine/index.js';
-import type { EngineOptions, LogEntry } from '../engine/index.js';
+import type { Engine, EngineOptions, LogEntry } from '../engine/index.js';
 import { startWorkerHub } from '../rpc/index.js';
 import { CheckpointStore, StudyStore } from '../store/index.js';
 import type { StudyStatus } from '../store/index.js';
@@ -285,8 +285,11 @@ function checkDbPath(db: string): void {
   }
 }
 
-/** Compares a stored log with what a fresh engine and tuner decide from it. */
-function checkReplay(study: Study, log: readonly LogEntry[], options: EngineOptions): void {
+/**
+ * Compares a stored log with what a fresh engine and tuner decide from it; returns that
+ * engine, ready to go on from the log's end.
+ */
+function checkReplay(study: Study, log: readonly LogEntry[], options: EngineOptions): Engine {
   const how =
     'run it again with --restart to start its log afresh: the tuner runs from the beginning and ' +
     'every trained state whose checkpoint is still there is reused, not trained again';
@@ -299,7 +302,7 @@ function checkReplay(study: Study, log: readonly LogEntry[], options: EngineOpti
     );
   }
   const i = result.firstDifference;
-  if (i === null) return;
+  if (i === null) return result.engine;
   const show = (e: LogEntry | undefined): string => {
     if (e === undefined) return 'nothing';
     const text = JSON.stringify(e);
@@ -391,7 +394,7 @@ export async function runStudy(
     for (const [key, metric] of trainedStates(store.archivedEvents()))
       if (checkpoints.has(key)) offers.set(key, metric);
     const resumeFrom = store.events();
-    if (resumeFrom.length > 0) checkReplay(study, resumeFrom, engine);
+    const replayed = resumeFrom.length > 0 ? checkReplay(study, resumeFrom, engine) : null;
     store.loseOpenAttempts(wall(), 'the engine stopped while it ran');
     store.setProblem(null, wall());
     const attempts = new AttemptLog(store);
@@ -432,6 +435,7 @@ export async function runStudy(
         },
         onResult: (task, info) => attempts.report(task, info),
         resumeFrom,
+        ...(replayed ? { replayed } : {}),
         offers,
         discard: (keys) => {
           for (const k of keys) {

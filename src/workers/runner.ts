@@ -29,6 +29,11 @@ export interface RunOptions {
   ) => void;
   /** The stored log of an earlier run of this study to resume from. */
   readonly resumeFrom?: readonly LogEntry[];
+  /**
+   * An engine (with its own tuner) that `replay` already fed `resumeFrom`: the run goes
+   * on from it instead of feeding the log to a fresh engine a second time.
+   */
+  readonly replayed?: Engine;
   /** States trained by an earlier run (checkpoint key -> metric) the engine may reuse. */
   readonly offers?: ReadonlyMap<string, number>;
   /** A worker silent for this long is declared dead. Default 30 s. */
@@ -98,7 +103,7 @@ interface Sent {
  */
 export async function runWithPool(options: RunOptions): Promise<RunResult> {
   const { pool, clock, study } = options;
-  const engine = new Engine(study, options.tuner, options.engine);
+  const engine = options.replayed ?? new Engine(study, options.tuner, options.engine);
   const sent = new Map<TaskId, Sent>();
   /** Tasks ended on a worker by the engine or by a time limit: a late result is expected. */
   const ended = new Map<WorkerId, Set<TaskId>>();
@@ -294,7 +299,7 @@ export async function runWithPool(options: RunOptions): Promise<RunResult> {
   const resume = options.resumeFrom ?? [];
   if (resume.length > 0) {
     // Rebuild the engine and tuner from the log, then carry on after its last instant.
-    feedLog(engine, resume);
+    if (!options.replayed) feedLog(engine, resume);
     // Offers count from here on (the log's own reuses were offered by feedLog).
     for (const [key, metric] of options.offers ?? []) engine.offer(key, metric);
     flushed = Math.min(engine.log.length, resume.length);
