@@ -72,8 +72,25 @@ export interface LogAccount {
   readonly wasted: number;
 }
 
-/** The GPU-time account of a study, computed from its event log alone. */
-export function accountLog(log: readonly LogEntry[]): LogAccount {
+/**
+ * Whose GPU time `accountLog` counts in a log of several studies: `study`'s share of each
+ * task. A task entry's `studies` (the studies that demanded it when it started) share its
+ * GPU time equally; a task entry without `studies` (a log of one study) is `primary`'s,
+ * the engine's first study.
+ */
+export interface LogCredit {
+  readonly study: string;
+  readonly primary: string;
+}
+
+/**
+ * The GPU-time account of a study, computed from its event log alone. With `credit`, of
+ * one study of a log of several: `gpuSeconds` is its share of every task (split equally
+ * between the studies of the task's entry), and `tasks`, `cancelled` and `wasted` count
+ * the tasks credited to it (a shared task counts for each of its studies); without, of
+ * the whole log. `makespanSeconds` is the whole log's either way.
+ */
+export function accountLog(log: readonly LogEntry[], credit?: LogCredit): LogAccount {
   const open = new Map<TaskId, { t: number; share: number; worker: string }>();
   let gpuSeconds = 0;
   let end = 0;
@@ -90,10 +107,17 @@ export function accountLog(log: readonly LogEntry[]): LogAccount {
   for (const e of log) {
     end = Math.max(end, e.t);
     switch (e.kind) {
-      case 'task':
-        open.set(e.task.id, { t: e.t, share: e.task.share, worker: e.task.worker });
+      case 'task': {
+        let share = e.task.share;
+        if (credit !== undefined) {
+          const owners = e.studies ?? [credit.primary];
+          if (!owners.includes(credit.study)) break;
+          share /= owners.length;
+        }
+        open.set(e.task.id, { t: e.t, share, worker: e.task.worker });
         tasks++;
         break;
+      }
       case 'done':
         close(e.task, e.t);
         break;

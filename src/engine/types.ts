@@ -88,7 +88,13 @@ export type LogEntry =
       readonly reports: readonly number[];
     }
   | { readonly t: number; readonly kind: 'stop'; readonly trial: TrialId }
-  | { readonly t: number; readonly kind: 'task'; readonly task: Task }
+  | {
+      readonly t: number;
+      readonly kind: 'task';
+      readonly task: Task;
+      /** With several studies: the studies that demanded it when it started (GPU-time credit). */
+      readonly studies?: readonly string[];
+    }
   | { readonly t: number; readonly kind: 'done'; readonly task: TaskId; readonly metric: number }
   | { readonly t: number; readonly kind: 'cancel'; readonly task: TaskId }
   | {

@@ -4,6 +4,7 @@ export {
   TrialRowStatus,
   MAX_DETAIL_CHARS,
   MAX_ERROR_CHARS,
+  MAX_TASK_STUDIES,
 } from './study-store.js';
 export type {
   AttemptEnd,
@@ -14,6 +15,7 @@ export type {
   StoredStudy,
   StoreOwner,
   StudyStatus,
+  StudySummary,
   TrialRow,
 } from './study-store.js';
 export {

@@ -106,6 +106,85 @@ export const MIGRATIONS: readonly string[] = [
   DROP TABLE stages_v2;
   CREATE INDEX stages_last_task ON stages (last_task);
   `,
+  // 4: one file holds many studies (one executor's log interleaves them). The one-row
+  // \`study\` table becomes \`studies\` (its row keeps id 1); every per-study table gets a
+  // \`study\` column; attempts are credited to studies through \`attempt_studies\`. A file of
+  // version 3 holds one study, so every old row is that study's (NULL: an executor-level
+  // event, a stage only ever reused). \`trials\` and \`metrics\` are rebuilt (a NOT NULL
+  // column cannot be added), child first, through temporary copies, so that foreign keys
+  // stay on and hold at every statement.
+  `
+  CREATE TABLE studies (
+    id                  INTEGER PRIMARY KEY,
+    name                TEXT NOT NULL UNIQUE,
+    json                TEXT NOT NULL,
+    created_at          REAL NOT NULL,
+    updated_at          REAL NOT NULL,
+    trainer_fingerprint TEXT,
+    problem             TEXT
+  );
+  INSERT INTO studies (id, name, json, created_at, updated_at, trainer_fingerprint, problem)
+    SELECT id, name, json, created_at, updated_at, trainer_fingerprint, problem FROM study;
+  DROP TABLE study;
+
+  ALTER TABLE events ADD COLUMN study INTEGER REFERENCES studies (id);
+  UPDATE events SET study = (SELECT min(id) FROM studies)
+    WHERE kind NOT IN ('task', 'done', 'cancel', 'fail', 'lost', 'reuse');
+  CREATE INDEX events_study ON events (study);
+  ALTER TABLE archived_events ADD COLUMN study INTEGER REFERENCES studies (id);
+  UPDATE archived_events SET study = (SELECT min(id) FROM studies)
+    WHERE kind NOT IN ('task', 'done', 'cancel', 'fail', 'lost', 'reuse');
+
+  CREATE TEMP TABLE metrics_v3 AS SELECT * FROM metrics;
+  CREATE TEMP TABLE trials_v3 AS SELECT * FROM trials;
+  DROP TABLE metrics;
+  DROP TABLE trials;
+  CREATE TABLE trials (
+    id        TEXT PRIMARY KEY,
+    study     INTEGER NOT NULL REFERENCES studies (id),
+    seq       INTEGER NOT NULL UNIQUE,
+    status    TEXT NOT NULL CHECK (status IN ('active', 'stopped', 'failed')),
+    until     INTEGER NOT NULL,
+    fork_of   TEXT,
+    fork_at   INTEGER,
+    best      REAL,
+    best_step INTEGER,
+    last_step INTEGER,
+    error     TEXT
+  );
+  CREATE INDEX trials_study ON trials (study, seq);
+  INSERT INTO trials (id, study, seq, status, until, fork_of, fork_at, best, best_step, last_step, error)
+    SELECT id, (SELECT min(id) FROM studies), seq, status, until, fork_of, fork_at, best,
+      best_step, last_step, error
+    FROM temp.trials_v3;
+  CREATE TABLE metrics (
+    trial TEXT NOT NULL REFERENCES trials (id),
+    study INTEGER NOT NULL REFERENCES studies (id),
+    step  INTEGER NOT NULL,
+    value REAL,
+    seq   INTEGER NOT NULL,
+    PRIMARY KEY (trial, step)
+  ) WITHOUT ROWID;
+  CREATE INDEX metrics_study ON metrics (study);
+  INSERT INTO metrics (trial, study, step, value, seq)
+    SELECT trial, (SELECT t.study FROM trials t WHERE t.id = m.trial), step, value, seq
+    FROM temp.metrics_v3 m;
+  DROP TABLE temp.metrics_v3;
+  DROP TABLE temp.trials_v3;
+
+  CREATE TABLE attempt_studies (
+    attempt INTEGER NOT NULL REFERENCES attempts (id),
+    study   INTEGER NOT NULL REFERENCES studies (id),
+    weight  REAL NOT NULL CHECK (weight > 0 AND weight <= 1),
+    PRIMARY KEY (attempt, study)
+  ) WITHOUT ROWID;
+  CREATE INDEX attempt_studies_study ON attempt_studies (study, attempt);
+  INSERT INTO attempt_studies (attempt, study, weight)
+    SELECT a.id, s.id, 1 FROM attempts a, studies s;
+
+  ALTER TABLE stages ADD COLUMN study INTEGER REFERENCES studies (id);
+  UPDATE stages SET study = (SELECT min(id) FROM studies) WHERE runs > 0;
+  `,
 ];
 
 /**

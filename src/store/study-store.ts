@@ -7,7 +7,6 @@ import { accountLog } from '../engine/replay.js';
 import type { LogEntry, TaskId, WorkerId } from '../engine/types.js';
 import {
   AttemptEndedError,
-  describeValue,
   IoError,
   LogConflictError,
   NotAStoreError,
@@ -28,16 +27,22 @@ import { currentProcess, isRunning } from './owner.js';
 import { migrate } from './schema.js';
 
 /**
- * The study store: one SQLite file (WAL mode) that is the single source of truth of a
- * study run. It holds the study as validated, the engine's event log in order, and, kept
- * in step with the log in the same transactions, a table of trials and of their metrics;
- * plus the attempts workers made at tasks (timings and failures). A run killed at any
- * point leaves every committed write readable; a second run on the same file resumes by
- * replaying `events()`.
+ * The study store: one SQLite file (WAL mode) that is the single source of truth of the
+ * studies one engine (an executor) runs. It holds each study as validated, the engine's
+ * one event log in order (the studies interleaved, each entry routed to its study), and,
+ * kept in step with the log in the same transactions, a table of trials and of their
+ * metrics; plus the attempts workers made at tasks (timings and failures, credited to the
+ * studies that demanded them). A run killed at any point leaves every committed write
+ * readable; a second run on the same file resumes by replaying `events()`.
+ *
+ * The first study created in the file is its *primary*: the engine's own study, whose
+ * trials are `t1, t2, ...` and whose `finish` entry names no study. Every per-study method
+ * takes an optional study name and defaults to the primary, so a file of one study reads
+ * as it always did.
  *
  * The store reads no clock: every time it records is passed in by the caller.
  *
- * One engine runs a study at a time: `acquire` records this process as the store's owner
+ * One engine runs a store at a time: `acquire` records this process as the store's owner
  * (atomically, taking over only from a process that is gone), `release` / `close` give it
  * up. Readers (`stagetree status`) need no lock.
  */
@@ -110,12 +115,21 @@ export interface MetricRow {
   readonly value: number;
 }
 
+/** Most studies one task entry or attempt may name (`studies`). */
+export const MAX_TASK_STUDIES = 1000;
+
 export interface AttemptStart {
   readonly task: TaskId;
   readonly worker: WorkerId;
   /** The stage the task trains (its last run). */
   readonly stage: StageId;
   readonly startedAt: number;
+  /**
+   * The studies (by name) that demanded the task when it started (the `task` entry's
+   * `studies`): each is credited the attempt, its seconds split equally between them.
+   * Default: the primary study alone.
+   */
+  readonly studies?: readonly string[] | undefined;
 }
 
 export interface AttemptEnd {
@@ -129,7 +143,7 @@ export interface AttemptEnd {
   readonly detail?: string;
 }
 
-export interface AttemptRow extends AttemptStart {
+export interface AttemptRow extends Omit<AttemptStart, 'studies'> {
   readonly id: number;
   readonly endedAt: number | null;
   readonly outcome: AttemptOutcome | null;
@@ -138,16 +152,16 @@ export interface AttemptRow extends AttemptStart {
   readonly detail: string | null;
 }
 
-/** What `stagetree status` shows; plain data (JSON-serialisable). */
+/** What `stagetree status` shows of one study; plain data (JSON-serialisable). */
 export interface StudyStatus {
   readonly file: string;
   readonly name: string;
   readonly createdAt: number;
   readonly updatedAt: number;
   readonly metric: { readonly name: string; readonly mode: MetricMode };
-  /** Events in the log. */
+  /** Events in the log (the whole log, every study's and the executor's entries). */
   readonly events: number;
-  /** The log holds a `finish` entry: the tuner ended the study. */
+  /** The log holds this study's `finish` entry: the tuner ended it (or it was cancelled). */
   readonly finished: boolean;
   readonly trials: {
     readonly total: number;
@@ -162,6 +176,10 @@ export interface StudyStatus {
   readonly best: { readonly trial: TrialId; readonly step: number; readonly value: number } | null;
   /** Failed trials, in proposal order, with their messages. */
   readonly failed: readonly { readonly trial: TrialId; readonly message: string }[];
+  /**
+   * The attempts credited to the study. An attempt several studies demanded counts once
+   * for each of them; its seconds are split between them equally.
+   */
   readonly attempts: {
     readonly total: number;
     /** Started and not (yet) finished. */
@@ -175,16 +193,27 @@ export interface StudyStatus {
   };
   /**
    * GPU time of the study: share x wall time of every attempt, failed, lost and
-   * cancelled ones included (`accountLog`, the one definition simulate uses too).
+   * cancelled ones included (`accountLog`, the one definition simulate uses too); a task
+   * several studies demanded is split between them equally.
    */
   readonly gpuSeconds: number;
   /** Why the last run stopped without finishing (`setProblem`), or null. */
   readonly problem: string | null;
-  /** The live process running the study now (`acquire`), or null. */
+  /** The live process running the store now (`acquire`), or null. */
   readonly owner: { readonly pid: number; readonly since: number } | null;
 }
 
+/** One study of a store, in short (`summaries()`, for `stagetree status` of many). */
+export interface StudySummary {
+  readonly name: string;
+  readonly finished: boolean;
+  readonly trials: StudyStatus['trials'];
+  readonly best: StudyStatus['best'];
+  readonly gpuSeconds: number;
+}
+
 interface StudyDbRow {
+  id: number;
   name: string;
   json: string;
   created_at: number;
@@ -199,6 +228,7 @@ interface OwnerDbRow {
 }
 interface TrialDbRow {
   id: string;
+  study: number;
   seq: number;
   status: TrialRowStatus;
   until: number;
@@ -221,12 +251,26 @@ interface AttemptDbRow {
   error: string | null;
   detail: string | null;
 }
+/** A study of the file: its row id and name. */
+interface StudyRef {
+  readonly id: number;
+  readonly name: string;
+}
+
+/** The study a trial id belongs to: the name before its first '/', else the primary (null). */
+function studyOfTrial(trial: TrialId): string | null {
+  const slash = trial.indexOf('/');
+  return slash < 0 ? null : trial.slice(0, slash);
+}
 
 export class StudyStore {
   /** The file, as an absolute path (named in every error). */
   readonly file: string;
   private readonly db: Database.Database;
-  private mode: MetricMode | null = null;
+  /** Metric modes by study id (a study's JSON never changes its mode once stored). */
+  private readonly modes = new Map<number, MetricMode>();
+  /** The first study of the file, once there is one (studies are never deleted). */
+  private first: StudyRef | null = null;
   private readonly sql: ReturnType<typeof prepare>;
   /** Tells this object's ownership apart from any other's, even in the same process. */
   private readonly token = randomBytes(16).toString('hex');
@@ -285,10 +329,10 @@ export class StudyStore {
   /**
    * Makes this process the store's one engine, atomically (inside `BEGIN IMMEDIATE`).
    * When another live process owns it, or another `StudyStore` object of this process,
-   * throws `StoreBusyError` naming the study (the file before `initStudy`), that owner's
-   * pid and since when. An owner that is gone (its pid is dead, a zombie, or a new process
-   * with its start time; or it ran on another host) is taken over. Acquiring again what
-   * this object holds changes nothing.
+   * throws `StoreBusyError` naming the primary study (the file before `initStudy`), that
+   * owner's pid and since when. An owner that is gone (its pid is dead, a zombie, or a new
+   * process with its start time; or it ran on another host) is taken over. Acquiring again
+   * what this object holds changes nothing.
    */
   acquire(now: number): void {
     checkTime(now, 'now');
@@ -298,8 +342,8 @@ export class StudyStore {
         const row = this.sql.getOwner.get() as OwnerDbRow | undefined;
         if (row?.token === this.token) return;
         if (row !== undefined && isRunning(row)) {
-          const study = this.sql.getStudy.get() as StudyDbRow | undefined;
-          throw new StoreBusyError(study?.name ?? this.file, row.pid, row.since);
+          const primary = this.sql.getPrimary.get() as StudyDbRow | undefined;
+          throw new StoreBusyError(primary?.name ?? this.file, row.pid, row.since);
         }
         this.sql.setOwner.run({ ...me, since: now, token: this.token });
       })
@@ -321,147 +365,207 @@ export class StudyStore {
     return { pid: row.pid, host: row.host, since: row.since };
   }
 
-  // ------------------------------------------------------------------ study
+  // ------------------------------------------------------------------ studies
 
   /**
-   * Stores the study (the object `parseStudy` returned), or, when the file holds one
-   * already, checks that it is the same study (canonical JSON, byte for byte) and marks
-   * it updated at `now`: that is a resume. A different study is a `StudyMismatchError`
-   * naming the file and the first field that differs.
+   * Stores a study (the object `parseStudy` returned) under `name`, or, when the file
+   * holds a study of that name already, checks that it is the same study (canonical JSON,
+   * byte for byte) and marks it updated at `now`: that is a resume. A different study of
+   * that name is a `StudyMismatchError` naming the file and the first field that differs;
+   * a new name adds a study to the file (the first one created is the primary). Names
+   * never contain '/' (a trial `NAME/t1` belongs to study NAME).
    */
   initStudy(name: string, study: object, now: number): 'created' | 'resumed' {
-    if (typeof name !== 'string' || name === '') {
-      throw new ValidationError('name', 'a non-empty string', name);
+    if (typeof name !== 'string' || name === '' || name.includes('/')) {
+      throw new ValidationError('name', "a non-empty string without '/'", name);
     }
     checkTime(now, 'now');
     const json = canonicalJson(study, 'study');
     const mode = modeOf(json, this.file);
     return this.db
       .transaction((): 'created' | 'resumed' => {
-        const stored = this.sql.getStudy.get() as StudyDbRow | undefined;
+        const stored = this.sql.getStudyByName.get(name) as StudyDbRow | undefined;
         if (!stored) {
-          this.sql.insertStudy.run(name, json, now, now);
-          this.mode = mode;
+          const info = this.sql.insertStudy.run(name, json, now, now);
+          this.modes.set(Number(info.lastInsertRowid), mode);
           return 'created';
         }
-        if (
-          stored.name === name &&
-          stored.json !== json &&
-          upgradeStudyJson(stored.json) === json
-        ) {
+        if (stored.json !== json && upgradeStudyJson(stored.json) === json) {
           // A study stored by the previous release: the same study, with the new defaults.
-          this.sql.setStudyJson.run(json, now);
-          this.mode = mode;
+          this.sql.setStudyJson.run(json, now, stored.id);
+          this.modes.set(stored.id, mode);
           return 'resumed';
         }
-        if (stored.name !== name || stored.json !== json) {
-          const d =
-            stored.name !== name
-              ? { path: 'name', stored: describeValue(stored.name), given: describeValue(name) }
-              : firstJsonDifference(JSON.parse(stored.json), JSON.parse(json));
+        if (stored.json !== json) {
+          const d = firstJsonDifference(JSON.parse(stored.json), JSON.parse(json));
           throw new StudyMismatchError(this.file, stored.name, d);
         }
-        this.sql.touchStudy.run(now);
+        this.sql.touchStudy.run(now, stored.id);
         return 'resumed';
       })
       .immediate();
   }
 
-  /** The stored study. `NotFoundError` when `initStudy` was never called on this file. */
-  study(): StoredStudy {
-    const row = this.sql.getStudy.get() as StudyDbRow | undefined;
-    if (!row) throw new NotFoundError('study in store', this.file, 'run initStudy first');
+  /** The names of the file's studies, in the order they were created (the primary first). */
+  studyNames(): string[] {
+    return this.sql.studyNames.all() as string[];
+  }
+
+  /**
+   * The studies whose `finish` entry the current log does not hold (still to run or to
+   * resume), in the order they were created.
+   */
+  unfinished(): string[] {
+    return this.sql.unfinished.all() as string[];
+  }
+
+  /**
+   * A stored study (default: the primary). `NotFoundError` when `initStudy` was never
+   * called on this file, or for a name the file does not hold.
+   */
+  study(name?: string): StoredStudy {
+    const ref = this.studyRef(name);
+    const row = this.sql.getStudy.get(ref.id) as StudyDbRow;
     return { name: row.name, json: row.json, createdAt: row.created_at, updatedAt: row.updated_at };
   }
 
   /**
-   * Records the fingerprint of the trainer the study runs (what a resume compares to see
-   * whether the trainer changed). `NotFoundError` before `initStudy`.
+   * Records the fingerprint of the trainer a study (default: the primary) runs: what a
+   * resume compares to see whether the trainer changed. `NotFoundError` before `initStudy`.
    */
-  setTrainerFingerprint(fp: string): void {
+  setTrainerFingerprint(fp: string, name?: string): void {
     if (typeof fp !== 'string' || fp === '') {
       throw new ValidationError('fingerprint', 'a non-empty string', fp);
     }
-    this.requireMode();
-    this.sql.setFingerprint.run(fp);
-  }
-
-  /** The recorded trainer fingerprint, or null before any. `NotFoundError` before `initStudy`. */
-  trainerFingerprint(): string | null {
-    this.requireMode();
-    return (this.sql.getStudyExtra.get() as { trainer_fingerprint: string | null })
-      .trainer_fingerprint;
+    this.sql.setFingerprint.run(fp, this.studyRef(name).id);
   }
 
   /**
-   * Records why the run stopped without finishing (an environment failure: the trainer
-   * cannot load, the disk is full), shown by `status()`; null clears it, which a run does
-   * once it has started well. Also sets the updated time. Text longer than
-   * `MAX_ERROR_CHARS` is cut. `NotFoundError` before `initStudy`.
+   * A study's (default: the primary's) recorded trainer fingerprint, or null before any.
+   * `NotFoundError` before `initStudy`.
    */
-  setProblem(text: string | null, now: number): void {
+  trainerFingerprint(name?: string): string | null {
+    return (
+      this.sql.getStudyExtra.get(this.studyRef(name).id) as { trainer_fingerprint: string | null }
+    ).trainer_fingerprint;
+  }
+
+  /**
+   * Records why a study's (default: the primary's) run stopped without finishing (an
+   * environment failure: the trainer cannot load, the disk is full), shown by `status()`;
+   * null clears it, which a run does once it has started well. Also sets its updated
+   * time. Text longer than `MAX_ERROR_CHARS` is cut. `NotFoundError` before `initStudy`.
+   */
+  setProblem(text: string | null, now: number, name?: string): void {
     if (text !== null && typeof text !== 'string') {
       throw new ValidationError('problem', 'a string or null', text);
     }
     checkTime(now, 'now');
-    this.requireMode();
-    this.sql.setProblem.run(text === null ? null : clip(text, MAX_ERROR_CHARS), now);
+    const ref = this.studyRef(name);
+    this.sql.setProblem.run(text === null ? null : clip(text, MAX_ERROR_CHARS), now, ref.id);
   }
 
-  /** The recorded problem (`setProblem`), or null. */
-  problem(): string | null {
-    this.requireMode();
-    return (this.sql.getStudyExtra.get() as { problem: string | null }).problem;
+  /** A study's (default: the primary's) recorded problem (`setProblem`), or null. */
+  problem(name?: string): string | null {
+    return (this.sql.getStudyExtra.get(this.studyRef(name).id) as { problem: string | null })
+      .problem;
   }
 
   // ------------------------------------------------------------------ events
 
   /**
-   * Appends log entries, in order, in one transaction, and keeps `trials` and `metrics`
-   * in step: propose/fork add an active trial, extend sets its `until`, stop stops it (a
-   * failed trial stays failed), trialFailed fails it with its message, metric adds a
-   * metric row and updates its best. An entry that contradicts the log (a trial proposed
-   * twice, a metric of an unknown trial) rolls the whole batch back. With `now`, the
-   * study's updated time is set too.
+   * Appends entries of the engine's log, in order, in one transaction, each routed to its
+   * study (a trial entry by its trial id: `NAME/t1` is study NAME's, `t1` the primary's;
+   * `submit` and `finish` by their `study`, a `finish` without one the primary's; the
+   * executor's entries, tasks and workers, to none), and keeps `trials`, `metrics` and
+   * `stages` in step: propose/fork add an active trial, extend sets its `until`, stop
+   * stops it (a failed trial stays failed), trialFailed fails it with its message, metric
+   * adds a metric row and updates its best; a task adds its stages, credited to the first
+   * of its `studies`. An entry that contradicts the log (a trial proposed twice, a metric
+   * of an unknown trial) or names a study the file does not hold (`NotFoundError`: add it
+   * with `initStudy` first) rolls the whole batch back. With `now`, the updated time of
+   * the studies the batch has entries of is set too (of every study when it has only the
+   * executor's entries).
    */
   append(entries: readonly LogEntry[], now?: number): void {
-    const mode = this.requireMode();
+    const primary = this.primary();
     if (now !== undefined) checkTime(now, 'now');
     this.db
       .transaction(() => {
-        const touched = new Set<TrialId>();
+        const names = new Map<string, number>([[primary.name, primary.id]]);
+        const studyId = (name: string, where: string): number => {
+          let id = names.get(name);
+          if (id === undefined) {
+            const row = this.sql.getStudyByName.get(name) as StudyDbRow | undefined;
+            if (!row) {
+              throw new NotFoundError(
+                'study',
+                name,
+                `${this.file}: ${where} names it, and the store holds no such study; ` +
+                  'add it with initStudy before appending its entries',
+              );
+            }
+            id = row.id;
+            names.set(name, id);
+          }
+          return id;
+        };
+        const touched = new Map<TrialId, number>();
+        const studies = new Set<number>();
         entries.forEach((entry, i) => {
           const where = `entries[${i}]`;
           checkEntry(entry, where);
-          const info = this.sql.insertEvent.run(entry.t, entry.kind, encodeEntry(entry, where));
-          this.applyEntry(entry, Number(info.lastInsertRowid), where, touched);
+          const study = this.routeEntry(entry, where, primary.id, studyId);
+          const info = this.sql.insertEvent.run(
+            entry.t,
+            entry.kind,
+            encodeEntry(entry, where),
+            study,
+          );
+          if (study !== null) studies.add(study);
+          this.applyEntry(entry, Number(info.lastInsertRowid), where, study, touched, (n) =>
+            studyId(n, `${where}.studies`),
+          );
         });
-        for (const trial of touched) this.refreshBest(trial, mode);
-        if (now !== undefined) this.sql.touchStudy.run(now);
+        for (const [trial, study] of touched) this.refreshBest(trial, this.modeOfStudy(study));
+        if (now !== undefined) {
+          if (studies.size === 0) this.sql.touchAllStudies.run(now);
+          for (const id of studies) this.sql.touchStudy.run(now, id);
+        }
       })
       .immediate();
   }
 
-  /** Every log entry, in order (what a resumed run replays). */
-  events(): LogEntry[] {
-    const rows = this.sql.allEvents.all() as { seq: number; json: string }[];
+  /**
+   * Log entries, in order. Without a name, the whole log: every study's entries and the
+   * executor's (what a resumed run replays); with one, only that study's (its trials'
+   * entries, its `submit` and `finish`).
+   */
+  events(name?: string): LogEntry[] {
+    const rows = (
+      name === undefined
+        ? this.sql.allEvents.all()
+        : this.sql.studyEvents.all(this.studyRef(name).id)
+    ) as { seq: number; json: string }[];
     return rows.map((r) => decodeEntry(r.json, `events[seq ${r.seq}]`));
   }
 
+  /** Entries in the whole log. */
   eventCount(): number {
     return (this.sql.countEvents.get() as { n: number }).n;
   }
 
   /**
    * Starts the log afresh (`stagetree run --restart`: a log that no longer replays must
-   * never strand a study). In one transaction, moves every event into `archived_events`
-   * as a new generation and clears `trials`, `metrics` and `stages`; `attempts` stay (the
-   * record of the GPU time spent), and so do the study, its fingerprint and problem.
-   * Returns the number of events archived (0: the log was empty, no generation is made).
+   * never strand a study). In one transaction, moves every event, every study's, into
+   * `archived_events` as a new generation and clears `trials`, `metrics` and `stages`;
+   * `attempts` stay (the record of the GPU time spent), and so do the studies, their
+   * fingerprints and problems. Sets every study's updated time. Returns the number of
+   * events archived (0: the log was empty, no generation is made).
    */
   restartLog(now: number): number {
     checkTime(now, 'now');
-    this.requireMode();
+    this.primary();
     return this.db
       .transaction((): number => {
         const { g } = this.sql.nextGeneration.get() as { g: number };
@@ -470,7 +574,7 @@ export class StudyStore {
         this.sql.clearTrials.run();
         this.sql.clearStages.run();
         this.sql.clearEvents.run();
-        this.sql.touchStudy.run(now);
+        this.sql.touchAllStudies.run(now);
         return moved;
       })
       .immediate();
@@ -487,14 +591,54 @@ export class StudyStore {
     );
   }
 
-  private applyEntry(entry: LogEntry, seq: number, where: string, touched: Set<TrialId>): void {
+  /** The study (row id) an entry belongs to; null for the executor's entries. */
+  private routeEntry(
+    entry: LogEntry,
+    where: string,
+    primary: number,
+    studyId: (name: string, where: string) => number,
+  ): number | null {
     switch (entry.kind) {
       case 'propose':
-        this.addTrial(entry.trial, seq, entry.spec.until, null, null, where);
+      case 'fork':
+      case 'extend':
+      case 'stop':
+      case 'metric':
+      case 'trialFailed': {
+        const name = studyOfTrial(entry.trial);
+        return name === null
+          ? primary
+          : studyId(name, `${where}.trial ${JSON.stringify(entry.trial)}`);
+      }
+      case 'finish':
+        return entry.study === undefined ? primary : studyId(entry.study, `${where}.study`);
+      case 'submit':
+        return studyId(entry.study, `${where}.study`);
+      case 'task':
+      case 'done':
+      case 'cancel':
+      case 'fail':
+      case 'lost':
+      case 'reuse':
+        return null;
+    }
+  }
+
+  private applyEntry(
+    entry: LogEntry,
+    seq: number,
+    where: string,
+    study: number | null,
+    touched: Map<TrialId, number>,
+    studyId: (name: string) => number,
+  ): void {
+    switch (entry.kind) {
+      case 'propose':
+        this.addTrial(entry.trial, study, seq, entry.spec.until, null, null, where);
         return;
       case 'fork':
         this.requireTrial(entry.source, `${where}.source`);
-        this.addTrial(entry.trial, seq, entry.until, entry.source, entry.at, where);
+        this.addTrial(entry.trial, study, seq, entry.until, entry.source, entry.at, where);
         return;
       case 'extend':
         this.requireTrial(entry.trial, `${where}.trial`);
@@ -508,17 +652,20 @@ export class StudyStore {
         this.requireTrial(entry.trial, `${where}.trial`);
         this.sql.upsertMetric.run(
           entry.trial,
+          study,
           entry.step,
           Number.isNaN(entry.value) ? null : entry.value,
           seq,
         );
-        touched.add(entry.trial);
+        touched.set(entry.trial, study ?? this.primary().id);
         return;
       case 'trialFailed':
         this.requireTrial(entry.trial, `${where}.trial`);
         this.sql.failTrial.run(entry.message, entry.trial);
         return;
       case 'task': {
+        // Every study it names must be the file's; the first is credited its stages.
+        const credited = (entry.studies ?? []).map(studyId)[0] ?? this.primary().id;
         const runs = entry.task.runs;
         runs.forEach((r, i) => {
           this.sql.touchStage.run({
@@ -526,6 +673,7 @@ export class StudyStore {
             start: r.start,
             end: r.end,
             task: i === runs.length - 1 ? entry.task.id : null,
+            study: credited,
           });
         });
         return;
@@ -548,6 +696,7 @@ export class StudyStore {
 
   private addTrial(
     id: TrialId,
+    study: number | null,
     seq: number,
     until: number,
     forkOf: TrialId | null,
@@ -557,7 +706,7 @@ export class StudyStore {
     if (this.sql.getTrial.get(id) !== undefined) {
       throw new LogConflictError(this.file, where, id, 'duplicate');
     }
-    this.sql.insertTrial.run(id, seq, until, forkOf, forkAt);
+    this.sql.insertTrial.run(id, study, seq, until, forkOf, forkAt);
   }
 
   private requireTrial(id: TrialId, where: string): void {
@@ -585,11 +734,15 @@ export class StudyStore {
   /**
    * Every stage a task trained or a `reuse` entry marked done, with how many times it was
    * trained (more than once only after a failure or a lost state; 0: reused only) and when
-   * it was done (null: never finished). Stages with a range first, by start.
+   * it was done (null: never finished). Stages with a range first, by start. With a study
+   * name, only the stages credited to it: those whose last training task it was the first
+   * study of (a stage only ever reused is no study's).
    */
-  stages(): StageRow[] {
+  stages(name?: string): StageRow[] {
     return (
-      this.sql.allStages.all() as {
+      (name === undefined
+        ? this.sql.allStages.all()
+        : this.sql.studyStages.all(this.studyRef(name).id)) as {
         id: string;
         start: number | null;
         end: number | null;
@@ -599,36 +752,67 @@ export class StudyStore {
     ).map((r) => ({ id: r.id, start: r.start, end: r.end, runs: r.runs, doneAt: r.done_at }));
   }
 
-  /** Every trial, in proposal order. */
-  trials(): TrialRow[] {
-    return (this.sql.allTrials.all() as TrialDbRow[]).map(toTrialRow);
+  /** Trials in proposal order: every study's, or only the named study's. */
+  trials(name?: string): TrialRow[] {
+    const rows =
+      name === undefined
+        ? this.sql.allTrials.all()
+        : this.sql.studyTrials.all(this.studyRef(name).id);
+    return (rows as TrialDbRow[]).map(toTrialRow);
   }
 
-  /** One trial. `NotFoundError` when the log never proposed it. */
+  /** One trial (trial ids are unique in a file). `NotFoundError` when the log never proposed it. */
   trial(id: TrialId): TrialRow {
     const row = this.sql.getTrial.get(id) as TrialDbRow | undefined;
     if (!row) throw new NotFoundError('trial', id, `${this.file} has no such trial`);
     return toTrialRow(row);
   }
 
-  /** A trial's metrics by step (all trials' when `trial` is omitted, by trial then step). */
-  metrics(trial?: TrialId): MetricRow[] {
+  /**
+   * Metrics by trial (in proposal order) then step: of one trial (`metrics('t3')`), of one
+   * study's trials (`metrics({ study: 'b' })`), or of every trial (no argument).
+   */
+  metrics(of?: TrialId | { readonly study: string }): MetricRow[] {
     const rows = (
-      trial === undefined ? this.sql.allMetrics.all() : this.sql.trialMetricsFull.all(trial)
+      of === undefined
+        ? this.sql.allMetrics.all()
+        : typeof of === 'string'
+          ? this.sql.trialMetricsFull.all(of)
+          : this.sql.studyMetrics.all(this.studyRef(of.study).id)
     ) as { trial: string; step: number; value: number | null }[];
     return rows.map((r) => ({ trial: r.trial, step: r.step, value: r.value ?? Number.NaN }));
   }
 
   // ------------------------------------------------------------------ attempts
 
-  /** Records that a worker started a task; returns the attempt's id. */
+  /**
+   * Records that a worker started a task, credited to `studies` (default: the primary),
+   * each with an equal part; returns the attempt's id. `NotFoundError` before `initStudy`
+   * or for a study the file does not hold.
+   */
   recordAttempt(start: AttemptStart): number {
     if (!Number.isSafeInteger(start.task) || start.task < 0) {
       throw new ValidationError('task', 'an integer >= 0', start.task);
     }
     checkTime(start.startedAt, 'startedAt');
-    const info = this.sql.insertAttempt.run(start.task, start.worker, start.stage, start.startedAt);
-    return Number(info.lastInsertRowid);
+    if (start.studies !== undefined) checkStudyNames(start.studies, 'studies');
+    return this.db
+      .transaction((): number => {
+        const owners =
+          start.studies === undefined
+            ? [this.primary().id]
+            : start.studies.map((n) => this.studyRef(n).id);
+        const info = this.sql.insertAttempt.run(
+          start.task,
+          start.worker,
+          start.stage,
+          start.startedAt,
+        );
+        const id = Number(info.lastInsertRowid);
+        for (const study of owners) this.sql.creditAttempt.run(id, study, 1 / owners.length);
+        return id;
+      })
+      .immediate();
   }
 
   /**
@@ -676,8 +860,8 @@ export class StudyStore {
   }
 
   /**
-   * Ends every attempt still open as `lost` at `now` (a resumed run does this first: the
-   * workers of the killed run are gone). Returns how many.
+   * Ends every attempt still open, every study's, as `lost` at `now` (a resumed run does
+   * this first: the workers of the killed run are gone). Returns how many.
    */
   loseOpenAttempts(now: number, message: string): number {
     checkTime(now, 'now');
@@ -685,104 +869,176 @@ export class StudyStore {
     return this.sql.loseOpen.run(now, clip(message, MAX_ERROR_CHARS)).changes;
   }
 
-  /** Every attempt, in the order they started. */
-  attempts(): AttemptRow[] {
-    return (this.sql.allAttempts.all() as AttemptDbRow[]).map((r) => ({
-      id: r.id,
-      task: r.task,
-      worker: r.worker,
-      stage: r.stage,
-      startedAt: r.started_at,
-      endedAt: r.ended_at,
-      outcome: r.outcome,
-      seconds: r.seconds === null ? {} : (JSON.parse(r.seconds) as Record<string, number>),
-      error: r.error,
-      detail: r.detail,
-    }));
+  /**
+   * Attempts in the order they started: every attempt, or those credited to the named
+   * study (a shared attempt is each of its studies').
+   */
+  attempts(name?: string): AttemptRow[] {
+    const rows =
+      name === undefined
+        ? this.sql.allAttempts.all()
+        : this.sql.studyAttempts.all(this.studyRef(name).id);
+    return (rows as AttemptDbRow[]).map(toAttemptRow);
   }
 
   // ------------------------------------------------------------------ status
 
   /**
-   * What `stagetree status` prints: trials, the best metric, failures, attempts, the last
-   * run's problem and the live owner.
+   * What `stagetree status` prints of a study (default: the primary): its trials, the
+   * best metric, failures, the attempts credited to it, its GPU time, its last run's
+   * problem and the store's live owner.
    */
-  status(): StudyStatus {
+  status(name?: string): StudyStatus {
     return this.db
       .transaction((): StudyStatus => {
-        const study = this.study();
-        const mode = this.requireMode();
+        const ref = this.studyRef(name);
+        const study = this.study(ref.name);
         const parsed = JSON.parse(study.json) as { metric: { name: unknown } };
-        const trials = this.trials();
-        const counts = { total: trials.length, active: 0, stopped: 0, failed: 0 };
-        let best: StudyStatus['best'] = null;
-        const failed: { trial: TrialId; message: string }[] = [];
-        for (const t of trials) {
-          counts[t.status]++;
-          if (t.status === 'failed') failed.push({ trial: t.id, message: t.error ?? '' });
-          if (t.best && (best === null || isBetter(mode, t.best.value, best.value))) {
-            best = { trial: t.id, step: t.best.step, value: t.best.value };
-          }
-        }
+        const summary = this.summarize(ref, this.events(), this.primary());
+        const failed = this.trials(ref.name)
+          .filter((t) => t.status === 'failed')
+          .map((t) => ({ trial: t.id, message: t.error ?? '' }));
         const byOutcome = Object.fromEntries(
           OUTCOMES.map((o) => [o, { count: 0, seconds: 0 }]),
         ) as Record<AttemptOutcome, { count: number; seconds: number }>;
         const phaseSeconds: Record<string, number> = {};
         let open = 0;
-        const attempts = this.attempts();
-        const owner = this.owner();
-        for (const a of attempts) {
+        const attempts = this.sql.creditedAttempts.all(ref.id) as (AttemptDbRow & {
+          weight: number;
+        })[];
+        for (const row of attempts) {
+          const a = toAttemptRow(row);
           if (a.outcome === null || a.endedAt === null) {
             open++;
             continue;
           }
           byOutcome[a.outcome].count++;
-          byOutcome[a.outcome].seconds += Math.max(0, a.endedAt - a.startedAt);
+          byOutcome[a.outcome].seconds += Math.max(0, a.endedAt - a.startedAt) * row.weight;
           for (const [k, v] of Object.entries(a.seconds))
-            phaseSeconds[k] = (phaseSeconds[k] ?? 0) + v;
+            phaseSeconds[k] = (phaseSeconds[k] ?? 0) + v * row.weight;
         }
+        const owner = this.owner();
         return {
           file: this.file,
           name: study.name,
           createdAt: study.createdAt,
           updatedAt: study.updatedAt,
-          metric: { name: String(parsed.metric.name), mode },
+          metric: { name: String(parsed.metric.name), mode: this.modeOfStudy(ref.id) },
           events: this.eventCount(),
-          finished: (this.sql.hasFinish.get() as { n: number }).n > 0,
-          trials: counts,
-          best,
+          finished: summary.finished,
+          trials: summary.trials,
+          best: summary.best,
           failed,
           attempts: { total: attempts.length, open, byOutcome, phaseSeconds },
-          gpuSeconds: accountLog(this.events()).gpuSeconds,
-          problem: this.problem(),
+          gpuSeconds: summary.gpuSeconds,
+          problem: this.problem(ref.name),
           owner: owner === null ? null : { pid: owner.pid, since: owner.since },
         };
       })
       .deferred();
   }
 
-  /** The study's metric mode (read once; another connection may have stored the study). */
-  private requireMode(): MetricMode {
-    if (this.mode === null) {
-      const row = this.sql.getStudy.get() as StudyDbRow | undefined;
-      if (!row) throw new NotFoundError('study in store', this.file, 'run initStudy first');
-      this.mode = modeOf(row.json, this.file);
+  /** Every study of the file in short, in the order they were created (`stagetree status`). */
+  summaries(): StudySummary[] {
+    return this.db
+      .transaction((): StudySummary[] => {
+        const studies = this.sql.allStudies.all() as StudyDbRow[];
+        const first = studies[0];
+        if (first === undefined) return [];
+        const log = this.events();
+        return studies.map((s) => this.summarize(s, log, first));
+      })
+      .deferred();
+  }
+
+  /** A study's summary from the whole log (`log`) and its rows. */
+  private summarize(ref: StudyRef, log: readonly LogEntry[], primary: StudyRef): StudySummary {
+    const mode = this.modeOfStudy(ref.id);
+    const trials = this.trials(ref.name);
+    const counts = { total: trials.length, active: 0, stopped: 0, failed: 0 };
+    let best: StudyStatus['best'] = null;
+    for (const t of trials) {
+      counts[t.status]++;
+      if (t.best && (best === null || isBetter(mode, t.best.value, best.value))) {
+        best = { trial: t.id, step: t.best.step, value: t.best.value };
+      }
     }
-    return this.mode;
+    return {
+      name: ref.name,
+      finished: this.sql.hasFinish.get(ref.id) !== undefined,
+      trials: counts,
+      best,
+      gpuSeconds: accountLog(log, { study: ref.name, primary: primary.name }).gpuSeconds,
+    };
+  }
+
+  /** The first study created in the file. `NotFoundError` before `initStudy`. */
+  private primary(): StudyRef {
+    if (this.first === null) {
+      const row = this.sql.getPrimary.get() as StudyDbRow | undefined;
+      if (!row) throw new NotFoundError('study in store', this.file, 'run initStudy first');
+      this.first = { id: row.id, name: row.name };
+    }
+    return this.first;
+  }
+
+  /** A study by name (default: the primary). `NotFoundError` for one the file does not hold. */
+  private studyRef(name: string | undefined): StudyRef {
+    if (name === undefined) return this.primary();
+    if (typeof name !== 'string') throw new ValidationError('study', 'a study name', name);
+    const row = this.sql.getStudyByName.get(name) as StudyDbRow | undefined;
+    if (!row) {
+      throw new NotFoundError(
+        'study',
+        name,
+        `${this.file} holds no such study (it holds ${describeNames(this.studyNames())})`,
+      );
+    }
+    return { id: row.id, name: row.name };
+  }
+
+  /** A study's metric mode (read once; another connection may have stored the study). */
+  private modeOfStudy(id: number): MetricMode {
+    let mode = this.modes.get(id);
+    if (mode === undefined) {
+      const row = this.sql.getStudy.get(id) as StudyDbRow | undefined;
+      if (!row) throw new NotFoundError('study in store', this.file, 'run initStudy first');
+      mode = modeOf(row.json, this.file);
+      this.modes.set(id, mode);
+    }
+    return mode;
   }
 }
 
 function prepare(db: Database.Database) {
   return {
-    getStudy: db.prepare('SELECT name, json, created_at, updated_at FROM study WHERE id = 1'),
-    insertStudy: db.prepare(
-      'INSERT INTO study (id, name, json, created_at, updated_at) VALUES (1, ?, ?, ?, ?)',
+    getPrimary: db.prepare(
+      'SELECT id, name, json, created_at, updated_at FROM studies ORDER BY id LIMIT 1',
     ),
-    touchStudy: db.prepare('UPDATE study SET updated_at = ? WHERE id = 1'),
-    setStudyJson: db.prepare('UPDATE study SET json = ?, updated_at = ? WHERE id = 1'),
-    getStudyExtra: db.prepare('SELECT trainer_fingerprint, problem FROM study WHERE id = 1'),
-    setFingerprint: db.prepare('UPDATE study SET trainer_fingerprint = ? WHERE id = 1'),
-    setProblem: db.prepare('UPDATE study SET problem = ?, updated_at = ? WHERE id = 1'),
+    getStudy: db.prepare('SELECT id, name, json, created_at, updated_at FROM studies WHERE id = ?'),
+    getStudyByName: db.prepare(
+      'SELECT id, name, json, created_at, updated_at FROM studies WHERE name = ?',
+    ),
+    allStudies: db.prepare(
+      'SELECT id, name, json, created_at, updated_at FROM studies ORDER BY id',
+    ),
+    studyNames: db.prepare('SELECT name FROM studies ORDER BY id').pluck(),
+    unfinished: db
+      .prepare(
+        `SELECT name FROM studies s
+       WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.study = s.id AND e.kind = 'finish')
+       ORDER BY id`,
+      )
+      .pluck(),
+    insertStudy: db.prepare(
+      'INSERT INTO studies (name, json, created_at, updated_at) VALUES (?, ?, ?, ?)',
+    ),
+    touchStudy: db.prepare('UPDATE studies SET updated_at = ? WHERE id = ?'),
+    touchAllStudies: db.prepare('UPDATE studies SET updated_at = ?'),
+    setStudyJson: db.prepare('UPDATE studies SET json = ?, updated_at = ? WHERE id = ?'),
+    getStudyExtra: db.prepare('SELECT trainer_fingerprint, problem FROM studies WHERE id = ?'),
+    setFingerprint: db.prepare('UPDATE studies SET trainer_fingerprint = ? WHERE id = ?'),
+    setProblem: db.prepare('UPDATE studies SET problem = ?, updated_at = ? WHERE id = ?'),
     getOwner: db.prepare('SELECT pid, start, host, since, token FROM owner WHERE id = 1'),
     setOwner: db.prepare(
       `INSERT OR REPLACE INTO owner (id, pid, start, host, since, token)
@@ -791,8 +1047,8 @@ function prepare(db: Database.Database) {
     deleteOwner: db.prepare('DELETE FROM owner WHERE id = 1 AND token = ?'),
     nextGeneration: db.prepare('SELECT coalesce(max(generation), 0) + 1 AS g FROM archived_events'),
     archiveEvents: db.prepare(
-      `INSERT INTO archived_events (generation, seq, t, kind, json)
-       SELECT ?, seq, t, kind, json FROM events ORDER BY seq`,
+      `INSERT INTO archived_events (generation, seq, t, kind, json, study)
+       SELECT ?, seq, t, kind, json, study FROM events ORDER BY seq`,
     ),
     lastArchive: db.prepare(
       `SELECT generation, seq, json FROM archived_events
@@ -802,14 +1058,17 @@ function prepare(db: Database.Database) {
     clearTrials: db.prepare('DELETE FROM trials'),
     clearMetrics: db.prepare('DELETE FROM metrics'),
     clearStages: db.prepare('DELETE FROM stages'),
-    insertEvent: db.prepare('INSERT INTO events (t, kind, json) VALUES (?, ?, ?)'),
+    insertEvent: db.prepare('INSERT INTO events (t, kind, json, study) VALUES (?, ?, ?, ?)'),
     allEvents: db.prepare('SELECT seq, json FROM events ORDER BY seq'),
+    studyEvents: db.prepare('SELECT seq, json FROM events WHERE study = ? ORDER BY seq'),
     countEvents: db.prepare('SELECT count(*) AS n FROM events'),
-    hasFinish: db.prepare(`SELECT count(*) AS n FROM events WHERE kind = 'finish'`),
+    hasFinish: db.prepare(`SELECT 1 FROM events WHERE study = ? AND kind = 'finish' LIMIT 1`),
     getTrial: db.prepare('SELECT * FROM trials WHERE id = ?'),
     allTrials: db.prepare('SELECT * FROM trials ORDER BY seq'),
+    studyTrials: db.prepare('SELECT * FROM trials WHERE study = ? ORDER BY seq'),
     insertTrial: db.prepare(
-      `INSERT INTO trials (id, seq, status, until, fork_of, fork_at) VALUES (?, ?, 'active', ?, ?, ?)`,
+      `INSERT INTO trials (id, study, seq, status, until, fork_of, fork_at)
+       VALUES (?, ?, ?, 'active', ?, ?, ?)`,
     ),
     setUntil: db.prepare('UPDATE trials SET until = ? WHERE id = ?'),
     stopTrial: db.prepare(
@@ -818,7 +1077,7 @@ function prepare(db: Database.Database) {
     failTrial: db.prepare(`UPDATE trials SET status = 'failed', error = ? WHERE id = ?`),
     setBest: db.prepare('UPDATE trials SET best = ?, best_step = ?, last_step = ? WHERE id = ?'),
     upsertMetric: db.prepare(
-      `INSERT INTO metrics (trial, step, value, seq) VALUES (?, ?, ?, ?)
+      `INSERT INTO metrics (trial, study, step, value, seq) VALUES (?, ?, ?, ?, ?)
        ON CONFLICT (trial, step) DO UPDATE SET value = excluded.value, seq = excluded.seq`,
     ),
     trialMetrics: db.prepare('SELECT step, value FROM metrics WHERE trial = ? ORDER BY step'),
@@ -828,10 +1087,15 @@ function prepare(db: Database.Database) {
     allMetrics: db.prepare(
       'SELECT m.trial, m.step, m.value FROM metrics m JOIN trials t ON t.id = m.trial ORDER BY t.seq, m.step',
     ),
+    studyMetrics: db.prepare(
+      `SELECT m.trial, m.step, m.value FROM metrics m JOIN trials t ON t.id = m.trial
+       WHERE m.study = ? ORDER BY t.seq, m.step`,
+    ),
     touchStage: db.prepare(
-      `INSERT INTO stages (id, start, end, runs, last_task) VALUES (@id, @start, @end, 1, @task)
+      `INSERT INTO stages (id, start, end, runs, last_task, study)
+       VALUES (@id, @start, @end, 1, @task, @study)
        ON CONFLICT (id) DO UPDATE SET start = excluded.start, end = excluded.end,
-         runs = runs + 1, last_task = coalesce(@task, last_task)`,
+         runs = runs + 1, last_task = coalesce(@task, last_task), study = excluded.study`,
     ),
     reuseStage: db.prepare(
       `INSERT INTO stages (id, runs, done_at) VALUES (@id, 0, @t)
@@ -843,8 +1107,15 @@ function prepare(db: Database.Database) {
     allStages: db.prepare(
       'SELECT id, start, end, runs, done_at FROM stages ORDER BY start IS NULL, start, id',
     ),
+    studyStages: db.prepare(
+      `SELECT id, start, end, runs, done_at FROM stages WHERE study = ?
+       ORDER BY start IS NULL, start, id`,
+    ),
     insertAttempt: db.prepare(
       'INSERT INTO attempts (task, worker, stage, started_at) VALUES (?, ?, ?, ?)',
+    ),
+    creditAttempt: db.prepare(
+      'INSERT INTO attempt_studies (attempt, study, weight) VALUES (?, ?, ?)',
     ),
     getAttempt: db.prepare('SELECT * FROM attempts WHERE id = ?'),
     finishAttempt: db.prepare(
@@ -854,9 +1125,55 @@ function prepare(db: Database.Database) {
       `UPDATE attempts SET ended_at = ?, outcome = 'lost', seconds = '{}', error = ? WHERE outcome IS NULL`,
     ),
     allAttempts: db.prepare('SELECT * FROM attempts ORDER BY id'),
+    studyAttempts: db.prepare(
+      `SELECT a.* FROM attempts a JOIN attempt_studies c ON c.attempt = a.id
+       WHERE c.study = ? ORDER BY a.id`,
+    ),
+    creditedAttempts: db.prepare(
+      `SELECT a.*, c.weight FROM attempts a JOIN attempt_studies c ON c.attempt = a.id
+       WHERE c.study = ? ORDER BY a.id`,
+    ),
   };
 }
 
+function toAttemptRow(r: AttemptDbRow): AttemptRow {
+  return {
+    id: r.id,
+    task: r.task,
+    worker: r.worker,
+    stage: r.stage,
+    startedAt: r.started_at,
+    endedAt: r.ended_at,
+    outcome: r.outcome,
+    seconds: r.seconds === null ? {} : (JSON.parse(r.seconds) as Record<string, number>),
+    error: r.error,
+    detail: r.detail,
+  };
+}
+
+/** A list of study names for a message: `"a", "b"` (at most 10), or "no study". */
+function describeNames(names: readonly string[]): string {
+  if (names.length === 0) return 'no study';
+  const shown = names.slice(0, 10).map((n) => JSON.stringify(n));
+  return names.length > 10 ? `${shown.join(', ')} and ${names.length - 10} more` : shown.join(', ');
+}
+
+/** `studies` of a task entry or attempt: 1 to MAX_TASK_STUDIES distinct non-empty names. */
+function checkStudyNames(value: unknown, where: string): void {
+  if (!Array.isArray(value) || value.length === 0 || value.length > MAX_TASK_STUDIES) {
+    throw new ValidationError(where, `an array of 1 to ${MAX_TASK_STUDIES} study names`, value);
+  }
+  const seen = new Set<string>();
+  value.forEach((name: unknown, i) => {
+    if (typeof name !== 'string' || name === '') {
+      throw new ValidationError(`${where}[${i}]`, 'a non-empty string', name);
+    }
+    if (seen.has(name)) {
+      throw new ValidationError(`${where}[${i}]`, 'a study not named before in the list', name);
+    }
+    seen.add(name);
+  });
+}
 function toTrialRow(r: TrialDbRow): TrialRow {
   return {
     id: r.id,
@@ -986,8 +1303,10 @@ function checkEntry(entry: LogEntry, where: string): void {
       str('study', entry.study);
       num('priority', entry.priority);
       return;
-    case 'lost':
     case 'task':
+      if (entry.studies !== undefined) checkStudyNames(entry.studies, `${where}.studies`);
+      return;
+    case 'lost':
       return;
   }
 }

@@ -28,3 +28,33 @@ export function propose(t: number, trial: string, until: number): LogEntry {
 export function metric(t: number, trial: string, step: number, value: number): LogEntry {
   return { t, kind: 'metric', trial, step, value };
 }
+
+/**
+ * A task entry training `runs` (`[stage, start, end]`), on worker `w0` unless given, with
+ * its GPU share and, in a log of several studies, the studies that demanded it.
+ */
+export function task(
+  t: number,
+  id: number,
+  runs: readonly (readonly [string, number, number])[],
+  options: { share?: number; studies?: readonly string[]; worker?: string } = {},
+): LogEntry {
+  const last = runs[runs.length - 1]?.[0] ?? 'x';
+  return {
+    t,
+    kind: 'task',
+    task: {
+      id,
+      worker: options.worker ?? 'w0',
+      gpu: 0,
+      startProcess: false,
+      saveFirst: null,
+      restore: { from: 'init' },
+      runs: runs.map(([stage, start, end]) => ({ stage, start, end, params: {}, schedules: {} })),
+      saveAfter: `K${last}`,
+      endKey: `K${last}`,
+      share: options.share ?? 1,
+    },
+    ...(options.studies === undefined ? {} : { studies: options.studies }),
+  };
+}

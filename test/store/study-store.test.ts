@@ -85,12 +85,13 @@ describe('StudyStore: file and schema', () => {
       .all();
     expect(tables).toEqual([
       'archived_events',
+      'attempt_studies',
       'attempts',
       'events',
       'metrics',
       'owner',
       'stages',
-      'study',
+      'studies',
       'trials',
     ]);
     db.close();
@@ -167,10 +168,11 @@ describe('StudyStore: the study', () => {
     expect(b.study().json).toBe(json);
     expect(b.study().updatedAt).toBe(2000);
 
-    const e2 = caught(() => b.initStudy('renamed', study, 3000));
-    expect(e2).toBeInstanceOf(StudyMismatchError);
-    expect(e2).toMatchObject({ path: 'name', given: '"renamed" (string)' });
-    expect((e2 as Error).message).toContain('first difference at name');
+    // Another name is another study of the same file; the first stays the primary.
+    expect(b.initStudy('renamed', study, 3000)).toBe('created');
+    expect(b.studyNames()).toEqual([study.name, 'renamed']);
+    expect(b.study().name).toBe(study.name);
+    expect(b.study('renamed')).toEqual({ name: 'renamed', json, createdAt: 3000, updatedAt: 3000 });
     b.close();
   });
 
@@ -604,7 +606,7 @@ describe('StudyStore: schema version 3', () => {
     store.acquire(5);
     store.close();
     const raw = new Database(file, { readonly: true });
-    expect(raw.pragma('user_version', { simple: true })).toBe(3);
+    expect(raw.pragma('user_version', { simple: true })).toBe(MIGRATIONS.length);
     raw.close();
   });
 });
