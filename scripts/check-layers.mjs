@@ -18,6 +18,7 @@ const LAYERS = [
   ['store'],
   ['gen'],
   ['rpc'],
+  ['executor'],
   ['sdk', 'report', 'cli'],
 ];
 const root = resolve(import.meta.dirname, '..', 'src');

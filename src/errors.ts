@@ -154,6 +154,16 @@ export class MarkDoneError extends ConflictError {
   }
 }
 
+/** A study submitted to an executor that has stopped or is closed. */
+export class ExecutorClosedError extends ConflictError {
+  readonly study: string;
+
+  constructor(study: string, why: string) {
+    super(`cannot run study ${study}: ${why}`);
+    this.study = study;
+  }
+}
+
 /** A result for a task the engine does not run (it finished or was cancelled already). */
 export class NotRunningError extends ConflictError {
   readonly task: number;

@@ -6,7 +6,9 @@ import { planStudy, renderPlan, renderSimulation, simulateStudy } from '../repor
 import { StudyStore } from '../store/index.js';
 import type { StudyStatus } from '../store/index.js';
 import { parseStudy } from '../study/index.js';
-import { defaultPaths, runStudy } from './run.js';
+import { defaultPaths, runStudies, runStudy } from './run.js';
+import type { RunStudiesOutcome } from './run.js';
+import type { StudySource } from '../executor/index.js';
 import type { Study } from '../study/index.js';
 
 /** A study file that cannot be read, parsed or validated; the message starts with the file. */
@@ -124,28 +126,45 @@ function program(io: Io, exit: Exit): Command {
 
   cli
     .command('run')
-    .description('run the study for real on local worker processes (resumes if its store exists)')
-    .argument('<study>', 'study file with a node or python trainer')
-    .option('--db <file>', 'the study store (default .stagetree/<name>.db beside the study)')
+    .description(
+      'run studies for real on local worker processes, several at once on one executor (resumes if the store exists)',
+    )
+    .argument('<studies...>', 'study files with a node or python trainer')
+    .option(
+      '--db <file>',
+      'the store (default .stagetree/<name>.db beside the study; .stagetree/executor.db for several)',
+    )
     .option('--checkpoints <dir>', 'checkpoint directory (default .stagetree/<name>-checkpoints)')
-    .option('--json', 'print the final status as one JSON object')
+    .option('--workers <n>', "the pool's size (default: the largest study's workers)", positiveInt)
+    .option('--json', 'print one JSON object (a studies array: name, status, best, steps)')
     .option(
       '--restart',
-      "start the study's log afresh (the old one is archived), reusing every trained state whose checkpoint is still there",
+      'start the log afresh (the old one is archived), reusing every trained state whose checkpoint is still there',
     )
     .action(
       async (
-        file: string,
-        opts: { db?: string; checkpoints?: string; json?: true; restart?: true },
+        files: string[],
+        opts: { db?: string; checkpoints?: string; json?: true; restart?: true; workers?: number },
       ) => {
-        const study = await loadStudy(file);
-        if (study.trainer.kind === 'sim') {
-          throw new StudyFileError(
-            file,
-            'trainer.kind: expected "node" or "python" to run (a sim trainer is simulated: `stagetree simulate`), got "sim"',
-          );
+        const sources: StudySource[] = [];
+        for (const file of files) {
+          const study = await loadStudy(file);
+          if (study.trainer.kind === 'sim') {
+            throw new StudyFileError(
+              file,
+              'trainer.kind: expected "node" or "python" to run (a sim trainer is simulated: `stagetree simulate`), got "sim"',
+            );
+          }
+          const twin = sources.find((x) => x.study.name === study.name);
+          if (twin) {
+            throw new StudyFileError(
+              file,
+              `name: expected a name no other study given has (${twin.file} is named ${JSON.stringify(study.name)})`,
+            );
+          }
+          sources.push({ study, file });
         }
-        // Ctrl-C / SIGTERM: no new work, the workers stopped, the study left resumable.
+        // Ctrl-C / SIGTERM: no new work, the workers stopped, the studies left resumable.
         // A second signal leaves at once.
         const abort = new AbortController();
         const interrupt = (signal: NodeJS.Signals): void => {
@@ -155,41 +174,63 @@ function program(io: Io, exit: Exit): Command {
         };
         process.on('SIGINT', interrupt);
         process.on('SIGTERM', interrupt);
-        let out;
+        const paths = {
+          ...(opts.db !== undefined ? { db: opts.db } : {}),
+          ...(opts.checkpoints !== undefined ? { checkpoints: opts.checkpoints } : {}),
+        };
+        const options = {
+          signal: abort.signal,
+          ...(opts.restart ? { restart: true } : {}),
+          ...(opts.workers !== undefined ? { workers: opts.workers } : {}),
+        };
+        let out: RunStudiesOutcome;
         try {
-          out = await runStudy(
-            file,
-            study,
-            {
-              ...(opts.db !== undefined ? { db: opts.db } : {}),
-              ...(opts.checkpoints !== undefined ? { checkpoints: opts.checkpoints } : {}),
-            },
-            { signal: abort.signal, ...(opts.restart ? { restart: true } : {}) },
-          );
+          if (sources.length === 1) {
+            const { study, file } = sources[0] as StudySource;
+            const one = await runStudy(file, study, paths, options);
+            out = {
+              studies: [one.study],
+              stopped: one.stopped,
+              seconds: one.seconds,
+              paths: one.paths,
+            };
+          } else {
+            out = await runStudies(sources, paths, options);
+          }
         } finally {
           process.off('SIGINT', interrupt);
           process.off('SIGTERM', interrupt);
         }
+        const names = sources.map((x) => x.study.name).join(', ');
         if (out.stopped !== null) {
-          if (opts.json) io.out(JSON.stringify({ ...out.status, stopped: out.stopped }));
+          if (opts.json) io.out(JSON.stringify(runJson(out)));
           if (out.stopped.kind === 'interrupted') {
-            io.err(`stagetree: study ${study.name} interrupted; run it again to resume`);
+            io.err(
+              `stagetree: ${sources.length > 1 ? 'studies' : 'study'} ${names} interrupted; run again to resume`,
+            );
             exit.code = 130;
             return;
           }
           throw new EnvironmentError(
-            `study ${study.name} stopped: ${out.stopped.message}; fix it and run again to resume`,
+            `${sources.length > 1 ? 'studies' : 'study'} ${names} stopped: ${out.stopped.message}; fix it and run again to resume`,
           );
         }
-        const state = out.resumed ? 'resumed and finished' : 'finished';
-        const text = renderStatus(out.status, state, study);
-        io.out(
-          opts.json
-            ? JSON.stringify({ ...out.status, bestCheckpoint: out.bestCheckpoint })
-            : out.bestCheckpoint
-              ? `${text}\n  best trial's final state: ${out.bestCheckpoint}`
-              : text,
-        );
+        if (opts.json) {
+          io.out(JSON.stringify(runJson(out)));
+          return;
+        }
+        const texts = out.studies.map((s) => {
+          const study = sources.find((x) => x.study.name === s.name)?.study ?? null;
+          const state = `${s.resumed ? 'resumed and ' : ''}${s.end}`;
+          const lines = [renderStatus(s.status, state, study)];
+          if (sources.length > 1 || s.stepsReused > 0)
+            lines.push(
+              `  ${fmtSteps(s.stepsTrained)} steps trained by its own tasks, ${fmtSteps(s.stepsReused)} reused from other studies`,
+            );
+          if (s.bestCheckpoint) lines.push(`  best trial's final state: ${s.bestCheckpoint}`);
+          return lines.join('\n');
+        });
+        io.out(texts.join('\n'));
       },
     );
 
@@ -207,7 +248,13 @@ function program(io: Io, exit: Exit): Command {
       }
       const store = StudyStore.open(paths.db);
       try {
-        const status = store.status();
+        if (!store.studyNames().includes(study.name)) {
+          throw new StudyFileError(
+            file,
+            `the store ${paths.db} holds no study ${JSON.stringify(study.name)} (it holds ${store.studyNames().join(', ') || 'none'})`,
+          );
+        }
+        const status = store.status(study.name);
         io.out(
           opts.json
             ? JSON.stringify(status)
@@ -220,7 +267,32 @@ function program(io: Io, exit: Exit): Command {
   return cli;
 }
 
-function renderStatus(s: StudyStatus, state: string, study: Study): string {
+/** What `run --json` prints: the first study's status at the top (as before), and every study. */
+function runJson(out: RunStudiesOutcome): object {
+  const first = out.studies[0];
+  return {
+    ...(first ? { ...first.status, bestCheckpoint: first.bestCheckpoint } : {}),
+    stopped: out.stopped,
+    studies: out.studies.map((s) => ({
+      name: s.name,
+      status: s.end,
+      best: s.status.best,
+      stepsTrained: s.stepsTrained,
+      stepsReused: s.stepsReused,
+      gpuSeconds: s.status.gpuSeconds,
+      trials: s.status.trials,
+      bestCheckpoint: s.bestCheckpoint,
+      resumed: s.resumed,
+    })),
+  };
+}
+
+/** Steps for people: whole numbers as they are, shares of split tasks to one decimal. */
+function fmtSteps(n: number): string {
+  return Number.isInteger(n) ? String(n) : n.toFixed(1);
+}
+
+function renderStatus(s: StudyStatus, state: string, study: Study | null): string {
   const lines = [
     `study ${s.name}: ${state}, ${s.trials.total} trials (${s.trials.active} active, ${s.trials.stopped} stopped, ${s.trials.failed} failed)`,
     s.best
@@ -229,7 +301,7 @@ function renderStatus(s: StudyStatus, state: string, study: Study): string {
     `  ${s.events} events, ${s.attempts.total} task attempts`,
   ];
   lines.push(
-    study.cpuOnly
+    study?.cpuOnly === true
       ? `  ${s.gpuSeconds.toFixed(1)} worker-slot seconds; no GPU was used (a CPU-only study: resources.gpus is 0)`
       : `  ${(s.gpuSeconds / 3600).toFixed(4)} GPU-hours (share x wall time of every attempt, failed ones included)`,
   );

@@ -297,9 +297,9 @@ export class Engine {
 
   /**
    * What each study (by name, '' for the first) trained and reused: `trained`, the steps
-   * of the tasks it demanded when they started (a task several studies demanded is split
-   * between them; re-computations count); `demanded`, the unique steps of its trials'
-   * paths; `reused`, what of that it got from stages another study trained.
+   * of the tasks it was the earliest-submitted study to demand when they started
+   * (re-computations count); `demanded`, the unique steps of its trials' paths;
+   * `reused`, what of that another study trained or was training.
    */
   sessionSteps(): ReadonlyMap<
     string,
@@ -321,6 +321,23 @@ export class Engine {
       out.set(x.name, { trained, demanded, reused: Math.max(0, demanded - trained) });
     }
     return out;
+  }
+
+  /**
+   * Cancels a study (by its study name) at `now`: its active trials stop, withdrawing only
+   * its own demand (a stage another study still demands goes on), its tuner hears nothing
+   * more, and its `finish` entry says `cancelled`. A finished or unknown study: nothing.
+   */
+  cancelStudy(now: number, name: string): Commands {
+    this.now = now;
+    const session = this.sessions.find((x) => x.study.name === name);
+    if (session && !session.finished) this.finishSession(session, true);
+    return this.flush();
+  }
+
+  /** A study the engine runs, by its study name. */
+  studyNamed(name: string): Study | undefined {
+    return this.sessions.find((x) => x.study.name === name)?.study;
   }
 
   /** Whether a study (by name, '' for the first) has finished. */
@@ -596,17 +613,18 @@ export class Engine {
    * Ends a study: its active trials stop (withdrawing only its own demand) and its tuner
    * hears nothing more. The engine is finished when every study is.
    */
-  private finishSession(session: Session): void {
+  private finishSession(session: Session, cancelled = false): void {
     if (session.finished) return;
     for (const id of session.trials) {
       if (hasTrial(this.tree, id) && getTrial(this.tree, id).status === 'active') this.stop(id);
     }
     session.finished = true;
-    this.log.push(
-      session.name === ''
-        ? { t: this.now, kind: 'finish' }
-        : { t: this.now, kind: 'finish', study: session.name },
-    );
+    this.log.push({
+      t: this.now,
+      kind: 'finish',
+      ...(session.name === '' ? {} : { study: session.name }),
+      ...(cancelled ? { cancelled: true as const } : {}),
+    });
     if (this.sessions.every((x) => x.finished)) this.finished = true;
   }
 
@@ -757,7 +775,7 @@ export class Engine {
     }
   }
 
-  /** The unfinished studies whose active trials pass through a stage. */
+  /** The unfinished studies whose active trials pass through a stage, earliest submitted first. */
   private ownersOf(s: Stage): Session[] {
     const owners = new Set<Session>();
     for (const t of trialsThrough(this.tree, s.id)) {
@@ -765,7 +783,7 @@ export class Engine {
       const session = this.sessionOf(t);
       if (!session.finished) owners.add(session);
     }
-    return [...owners];
+    return owners.size < 2 ? [...owners] : this.sessions.filter((x) => owners.has(x));
   }
 
   /**
@@ -802,12 +820,15 @@ export class Engine {
     return owners.every((x) => (held.get(x) ?? 0) >= x.study.workers);
   }
 
-  /** Charges a launched stage's estimated GPU-seconds to the studies that demand it, split. */
+  /**
+   * Charges a launched stage: its estimated GPU-seconds to the studies that demand it,
+   * split (fair share's measure); its steps to the earliest of them, the study that
+   * trains it (the later ones reuse it, as they would had it finished before they came).
+   */
   private charge(owners: readonly Session[], cost: number, steps: number): void {
-    for (const x of owners) {
-      x.usage += cost / owners.length;
-      x.stepsTrained += steps / owners.length;
-    }
+    for (const x of owners) x.usage += cost / owners.length;
+    const first = owners[0];
+    if (first) first.stepsTrained += steps;
   }
 
   private hasRoom(): boolean {
@@ -968,8 +989,22 @@ export class Engine {
     return this.gpuUsed.map((used, index) => ({ index, used }));
   }
 
+  /**
+   * The processes a stage may run in: with trainer identities (several studies), only a
+   * process of its own trainer; in trial-based mode, only its own trial's.
+   */
   private lineageOf(s: Stage): string | null {
-    return this.options.mode === ExecutionMode.trialBased ? s.rep : null;
+    const runtime = this.runtimeOf(s);
+    if (this.options.mode === ExecutionMode.trialBased)
+      return runtime === null ? s.rep : `${runtime}\u0000${s.rep}`;
+    return runtime;
+  }
+
+  /** The trainer identity of a stage (its merge key's), or null without identities. */
+  private runtimeOf(s: Stage): string | null {
+    if (!this.options.identity) return null;
+    const v = getTrial(this.tree, s.rep).params[TRAINER_PARAM];
+    return typeof v === 'string' ? v : null;
   }
 
   private launch(s: Stage): boolean {
@@ -1051,7 +1086,7 @@ export class Engine {
     if (saveAfter !== null) this.stats.checkpointsSaved++;
 
     const runs: StageRun[] = chain.map((c) => this.stageRun(c));
-    const task: Task = {
+    let task: Task = {
       id: this.nextTask++,
       worker: worker.id,
       gpu: worker.gpu,
@@ -1063,6 +1098,8 @@ export class Engine {
       endKey: this.keyOf(s.id),
       share,
     };
+    const runtime = this.runtimeOf(s);
+    if (runtime !== null) task = { ...task, runtime };
     worker.busy = task.id;
     this.idle.delete(worker.id);
     worker.holds = null;
@@ -1083,7 +1120,12 @@ export class Engine {
     this.stats.stagesRun++;
     this.stats.stagesRecomputed += chain.length - 1;
     for (const c of chain) this.stats.stepsTrained += c.end - c.start;
-    this.log.push({ t: this.now, kind: 'task', task });
+    // With several studies, the log says which studies demanded the task (GPU-time credit).
+    this.log.push(
+      this.sessions.length > 1
+        ? { t: this.now, kind: 'task', task, studies: owners.map((x) => x.study.name) }
+        : { t: this.now, kind: 'task', task },
+    );
     this.charge(
       owners,
       this.stepCost(s) * share,

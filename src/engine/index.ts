@@ -1,5 +1,5 @@
 export { Engine, LINEAGE_PARAM } from './engine.js';
-export type { Commands, EngineOptions, EngineStats } from './engine.js';
+export type { Commands, EngineOptions, EngineStats, SubmitOptions } from './engine.js';
 export * from './types.js';
 export { accountLog, feedLog, replay } from './replay.js';
 export type { LogAccount } from './replay.js';

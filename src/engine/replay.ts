@@ -55,6 +55,8 @@ export function feedLog(
     else if (e.kind === 'fail')
       engine.taskFailed(e.t, e.task, { message: e.message, reason: e.reason });
     else if (e.kind === 'lost') engine.workerLost(e.t, e.worker, e.reason);
+    else if (e.kind === 'finish' && e.cancelled === true)
+      engine.cancelStudy(e.t, e.study ?? engine.study.name);
   }
 }
 
@@ -73,10 +75,10 @@ export interface LogAccount {
 }
 
 /**
- * Whose GPU time `accountLog` counts in a log of several studies: `study`'s share of each
- * task. A task entry's `studies` (the studies that demanded it when it started) share its
- * GPU time equally; a task entry without `studies` (a log of one study) is `primary`'s,
- * the engine's first study.
+ * Whose GPU time `accountLog` counts in a log of several studies: `study`'s tasks. A task
+ * is credited whole to the first of its entry's `studies` (the earliest-submitted study
+ * that demanded it when it started: the one that trained it; the others reused it); a
+ * task entry without `studies` (a log of one study) is `primary`'s, the engine's first.
  */
 export interface LogCredit {
   readonly study: string;
@@ -85,10 +87,9 @@ export interface LogCredit {
 
 /**
  * The GPU-time account of a study, computed from its event log alone. With `credit`, of
- * one study of a log of several: `gpuSeconds` is its share of every task (split equally
- * between the studies of the task's entry), and `tasks`, `cancelled` and `wasted` count
- * the tasks credited to it (a shared task counts for each of its studies); without, of
- * the whole log. `makespanSeconds` is the whole log's either way.
+ * one study of a log of several: `gpuSeconds`, `tasks`, `cancelled` and `wasted` count
+ * the tasks credited to it (`LogCredit`), so the studies' accounts add up to the log's;
+ * without, of the whole log. `makespanSeconds` is the whole log's either way.
  */
 export function accountLog(log: readonly LogEntry[], credit?: LogCredit): LogAccount {
   const open = new Map<TaskId, { t: number; share: number; worker: string }>();
@@ -108,12 +109,10 @@ export function accountLog(log: readonly LogEntry[], credit?: LogCredit): LogAcc
     end = Math.max(end, e.t);
     switch (e.kind) {
       case 'task': {
-        let share = e.task.share;
-        if (credit !== undefined) {
-          const owners = e.studies ?? [credit.primary];
-          if (!owners.includes(credit.study)) break;
-          share /= owners.length;
-        }
+        const share = e.task.share;
+        // A task is credited to the earliest-submitted study that demanded it (the
+        // first of its entry's `studies`): the study that trained it; later ones reused it.
+        if (credit !== undefined && (e.studies?.[0] ?? credit.primary) !== credit.study) break;
         open.set(e.task.id, { t: e.t, share, worker: e.task.worker });
         tasks++;
         break;

@@ -54,6 +54,11 @@ export interface Task {
   readonly endKey: CheckpointKey;
   /** GPU share the task occupies while it runs. */
   readonly share: number;
+  /**
+   * The trainer identity (engine option `identity`) the worker must run: set only on an
+   * executor of several studies, where a process runs one trainer's stages.
+   */
+  readonly runtime?: string;
 }
 
 /** What a worker reports when a task finishes. */
@@ -139,6 +144,8 @@ export type LogEntry =
       readonly t: number;
       readonly kind: 'finish';
       readonly study?: string;
+      /** The study was cancelled (`Engine.cancelStudy`: an input replay gives again). */
+      readonly cancelled?: true;
     }
   | {
       /** A study joined the engine (`Engine.submit`); its trials are `study/t1`, ... */

@@ -175,7 +175,7 @@ export const MIGRATIONS: readonly string[] = [
   CREATE TABLE attempt_studies (
     attempt INTEGER NOT NULL REFERENCES attempts (id),
     study   INTEGER NOT NULL REFERENCES studies (id),
-    weight  REAL NOT NULL CHECK (weight > 0 AND weight <= 1),
+    weight  REAL NOT NULL CHECK (weight >= 0 AND weight <= 1),
     PRIMARY KEY (attempt, study)
   ) WITHOUT ROWID;
   CREATE INDEX attempt_studies_study ON attempt_studies (study, attempt);

@@ -126,8 +126,8 @@ export interface AttemptStart {
   readonly startedAt: number;
   /**
    * The studies (by name) that demanded the task when it started (the `task` entry's
-   * `studies`): each is credited the attempt, its seconds split equally between them.
-   * Default: the primary study alone.
+   * `studies`): the first (the earliest submitted, the one that trained it) is credited
+   * the attempt; the others are recorded as having reused it. Default: the primary alone.
    */
   readonly studies?: readonly string[] | undefined;
 }
@@ -177,8 +177,8 @@ export interface StudyStatus {
   /** Failed trials, in proposal order, with their messages. */
   readonly failed: readonly { readonly trial: TrialId; readonly message: string }[];
   /**
-   * The attempts credited to the study. An attempt several studies demanded counts once
-   * for each of them; its seconds are split between them equally.
+   * The attempts credited to the study: an attempt several studies demanded counts for
+   * the earliest submitted of them (the others reused it).
    */
   readonly attempts: {
     readonly total: number;
@@ -786,8 +786,8 @@ export class StudyStore {
   // ------------------------------------------------------------------ attempts
 
   /**
-   * Records that a worker started a task, credited to `studies` (default: the primary),
-   * each with an equal part; returns the attempt's id. `NotFoundError` before `initStudy`
+   * Records that a worker started a task, credited to the first of `studies` (default:
+   * the primary); returns the attempt's id. `NotFoundError` before `initStudy`
    * or for a study the file does not hold.
    */
   recordAttempt(start: AttemptStart): number {
@@ -809,7 +809,9 @@ export class StudyStore {
           start.startedAt,
         );
         const id = Number(info.lastInsertRowid);
-        for (const study of owners) this.sql.creditAttempt.run(id, study, 1 / owners.length);
+        // Credited whole to the first (the earliest-submitted study that demanded it: the
+        // one that trained it); the others are recorded with weight 0 (they reused it).
+        owners.forEach((study, i) => this.sql.creditAttempt.run(id, study, i === 0 ? 1 : 0));
         return id;
       })
       .immediate();
@@ -1127,11 +1129,11 @@ function prepare(db: Database.Database) {
     allAttempts: db.prepare('SELECT * FROM attempts ORDER BY id'),
     studyAttempts: db.prepare(
       `SELECT a.* FROM attempts a JOIN attempt_studies c ON c.attempt = a.id
-       WHERE c.study = ? ORDER BY a.id`,
+       WHERE c.study = ? AND c.weight > 0 ORDER BY a.id`,
     ),
     creditedAttempts: db.prepare(
       `SELECT a.*, c.weight FROM attempts a JOIN attempt_studies c ON c.attempt = a.id
-       WHERE c.study = ? ORDER BY a.id`,
+       WHERE c.study = ? AND c.weight > 0 ORDER BY a.id`,
     ),
   };
 }

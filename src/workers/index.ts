@@ -1,5 +1,5 @@
-export { runWithPool } from './runner.js';
-export type { RunOptions, RunResult, RunStop } from './runner.js';
+export { Execution, runWithPool } from './runner.js';
+export type { ExecutionOptions, RunOptions, RunResult, RunStop } from './runner.js';
 export { ProcessPool } from './process/pool.js';
 export type { ProcessPoolOptions, WorkerCommand } from './process/pool.js';
 export { subscribe } from './pool.js';

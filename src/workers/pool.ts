@@ -23,8 +23,12 @@ export type Unsubscribe = () => void;
  * the same contract tests (`test/workers/`).
  */
 export interface WorkerPool {
-  /** Starts worker `id` on `gpu` with `share` of it (a slot in `starting`). */
-  start(id: WorkerId, gpu: number, share: number): void;
+  /**
+   * Starts worker `id` on `gpu` with `share` of it (a slot in `starting`), running
+   * `runtime`: the trainer identity of the stages it will run (`Task.runtime`), or null
+   * when the pool serves one trainer.
+   */
+  start(id: WorkerId, gpu: number, share: number, runtime?: string | null): void;
   /** Sends a message; a task sent to a slot still starting waits until it registers. */
   send(id: WorkerId, message: EngineToWorker): void;
   /** Asks a worker to exit after its task; kills it after `grace` seconds. */

@@ -241,8 +241,11 @@ describe('a store of two studies, from a real interleaved log', () => {
     const ofA = store.attempts('week1').length;
     const ofB = store.attempts('week2').length;
     expect(store.attempts()).toHaveLength(recorded);
-    // A shared attempt counts for each of its studies.
-    expect(ofA + ofB).toBe(recorded + shared);
+    // A shared attempt counts for the earliest-submitted study that demanded it.
+    expect(ofA + ofB).toBe(recorded);
+    const firstOf = (name: string): number =>
+      log.filter((e) => e.kind === 'task' && (e.studies?.[0] ?? 'week1') === name).length;
+    expect([ofA, ofB]).toEqual([firstOf('week1'), firstOf('week2')]);
     expect(store.status('week1').attempts.total).toBe(ofA);
     expect(store.status('week2').attempts.open).toBe(ofB);
     store.close();
@@ -290,7 +293,7 @@ describe('a store of two studies, by hand', () => {
       worker: 'w0',
       stage: 'S1',
       startedAt: 10,
-      studies: ['a', 'b'],
+      studies: ['b', 'a'],
     });
     const a2 = store.recordAttempt({
       task: 2,
@@ -325,19 +328,19 @@ describe('a store of two studies, by hand', () => {
       trials: { total: 1, active: 0, stopped: 0, failed: 1 },
       best: { trial: 't1', step: 10, value: 0.5 },
       failed: [{ trial: 't1', message: 'boom' }],
-      // Task 1 half (10 s x 1 / 2) and task 3 whole (4 s x 1).
-      gpuSeconds: 9,
+      // Task 3 (4 s x 1); task 1 was b's (b is first in its entry's studies): a reused it.
+      gpuSeconds: 4,
     });
     expect(sa.attempts).toEqual({
-      total: 2,
+      total: 1,
       open: 0,
       byOutcome: {
-        done: { count: 1, seconds: 5 },
+        done: { count: 0, seconds: 0 },
         failed: { count: 1, seconds: 4 },
         cancelled: { count: 0, seconds: 0 },
         lost: { count: 0, seconds: 0 },
       },
-      phaseSeconds: { train: 6, save: 0.5 },
+      phaseSeconds: { train: 2 },
     });
     expect(sb).toMatchObject({
       name: 'b',
@@ -347,27 +350,27 @@ describe('a store of two studies, by hand', () => {
       trials: { total: 1, active: 1, stopped: 0, failed: 0 },
       best: { trial: 'b/t1', step: 10, value: 0.7 },
       failed: [],
-      // Task 1 half (10 s x 1 / 2) and task 2 whole (20 s x 0.5).
-      gpuSeconds: 15,
+      // Task 1 (10 s x 1) and task 2 (20 s x 0.5).
+      gpuSeconds: 20,
     });
     expect(sb.attempts).toEqual({
       total: 2,
       open: 0,
       byOutcome: {
-        done: { count: 2, seconds: 25 },
+        done: { count: 2, seconds: 30 },
         failed: { count: 0, seconds: 0 },
         cancelled: { count: 0, seconds: 0 },
         lost: { count: 0, seconds: 0 },
       },
-      phaseSeconds: { train: 20, save: 0.5 },
+      phaseSeconds: { train: 24, save: 1 },
     });
     expect(sa.gpuSeconds + sb.gpuSeconds).toBe(accountLog(log).gpuSeconds);
     expect(again.summaries()).toEqual([
-      { name: 'a', finished: true, trials: sa.trials, best: sa.best, gpuSeconds: 9 },
-      { name: 'b', finished: false, trials: sb.trials, best: sb.best, gpuSeconds: 15 },
+      { name: 'a', finished: true, trials: sa.trials, best: sa.best, gpuSeconds: 4 },
+      { name: 'b', finished: false, trials: sb.trials, best: sb.best, gpuSeconds: 20 },
     ]);
 
-    expect(again.attempts('a').map((x) => x.id)).toEqual([a1, a3]);
+    expect(again.attempts('a').map((x) => x.id)).toEqual([a3]);
     expect(again.attempts('b').map((x) => x.id)).toEqual([a1, a2]);
     expect(again.attempts().map((x) => x.id)).toEqual([a1, a2, a3]);
     expect(again.trials('a').map((t) => t.id)).toEqual(['t1']);
@@ -399,8 +402,8 @@ describe('a store of two studies, by hand', () => {
     expect(
       raw.prepare('SELECT attempt, study, weight FROM attempt_studies ORDER BY 1, 2').raw().all(),
     ).toEqual([
-      [a1, 1, 0.5],
-      [a1, 2, 0.5],
+      [a1, 1, 0],
+      [a1, 2, 1],
       [a2, 2, 1],
       [a3, 1, 1],
     ]);
@@ -481,11 +484,11 @@ describe('a store of two studies, by hand', () => {
     expect(store.archivedEvents()).toEqual(log);
     expect(store.unfinished()).toEqual(['a', 'b']);
     expect([store.study('a').updatedAt, store.study('b').updatedAt]).toEqual([60, 60]);
-    // Attempts stay, credited as they were.
+    // Attempts stay, credited as they were (to a, the first of the two).
     expect(store.attempts('a').map((x) => x.id)).toEqual([at]);
-    expect(store.attempts('b').map((x) => x.id)).toEqual([at]);
+    expect(store.attempts('b').map((x) => x.id)).toEqual([]);
     expect(store.status('b')).toMatchObject({ finished: false, events: 0, gpuSeconds: 0 });
-    expect(store.status('b').attempts.total).toBe(1);
+    expect(store.status('a').attempts.total).toBe(1);
     // The new log starts afresh for both.
     store.append([propose(61, 'b/t1', 20), propose(61, 't1', 20)]);
     expect(store.trials('b').map((t) => t.id)).toEqual(['b/t1']);

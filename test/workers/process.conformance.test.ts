@@ -2,9 +2,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { runStudy } from '../../src/cli/run.js';
-import { ExecutionMode } from '../../src/engine/index.js';
 import { StudyStore } from '../../src/store/index.js';
-import { engineOptions } from '../../src/workers/sim/index.js';
 import { quadraticAlone } from '../support/real-run.js';
 import { describeBackendConformance } from './conformance.js';
 
@@ -21,7 +19,7 @@ describeBackendConformance('process', {
     try {
       return {
         log: store.events(),
-        options: { ...engineOptions(study, ExecutionMode.stageTree), durable: true },
+        options: out.engineOptions,
       };
     } finally {
       store.close();

@@ -21,7 +21,7 @@ export interface ProcessPoolOptions {
    * The command for a worker; the pool adds STAGETREE_ENGINE, STAGETREE_WORKER_ID,
    * STAGETREE_WORKER_SECRET and the GPU variables.
    */
-  readonly command: (workerId: WorkerId) => WorkerCommand;
+  readonly command: (workerId: WorkerId, runtime: string | null) => WorkerCommand;
   /** What workers dial: the engine's worker hub (`host:port` or `unix:/path`). */
   readonly engineAddress: string;
   /** Whether there are GPUs to assign (sets CUDA_VISIBLE_DEVICES; none: it is set empty). */
@@ -110,9 +110,9 @@ export class ProcessPool implements WorkerPool {
   }
 
   /** Starts worker `id` on `gpu` with `share` of it. */
-  start(id: WorkerId, gpu: number, share: number): void {
+  start(id: WorkerId, gpu: number, share: number, runtime: string | null = null): void {
     if (this.slots.has(id)) throw new InternalError(`worker ${id} started twice`);
-    const cmd = this.options.command(id);
+    const cmd = this.options.command(id, runtime);
     const secret = this.secretOf(id);
     const env: Record<string, string> = {
       ...process.env,
