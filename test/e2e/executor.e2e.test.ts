@@ -131,6 +131,44 @@ describe('one executor, several studies (real worker processes)', () => {
     expect(new Set(trained).size).toBe(trained.length);
   });
 
+  it('cancels one study through its handle: the other goes on and finishes exactly', async () => {
+    const { dir, files, parsed } = studies([week('keep', [10, 15]), week('drop', [10, 15, 18])]);
+    const [keep, drop] = parsed as [Study, Study];
+    const db = join(dir, 'exec.db');
+    let cancelled = false;
+    const executor: Executor = await Executor.open(
+      {
+        db,
+        checkpoints: join(dir, 'ck'),
+        workers: 2,
+        log: quiet,
+        onEvent: (e) => {
+          if (cancelled || e.kind !== 'done') return;
+          cancelled = true;
+          setImmediate(() => executor.handle('drop').cancel());
+        },
+      },
+      [
+        { study: keep, file: files[0] as string },
+        { study: drop, file: files[1] as string },
+      ],
+    );
+    const dropped = await executor.handle('drop').result();
+    expect(dropped.end).toBe('cancelled');
+    const out = await executor.finish();
+    expect(out.stopped).toBeNull();
+    expect(out.studies.map((s) => [s.name, s.end])).toEqual([
+      ['keep', 'finished'],
+      ['drop', 'cancelled'],
+    ]);
+    const log = storedLog(db);
+    expect(log.filter((e) => e.kind === 'finish')).toContainEqual(
+      expect.objectContaining({ study: 'drop', cancelled: true }),
+    );
+    expect(fromStore(db, (s) => s.unfinished())).toEqual([]);
+    expect(metricsOf(db, 'keep')).toEqual(await alone(keep));
+  });
+
   it('kill the executor while two studies run: reopened, both finish and no completed stage trains again', async () => {
     const { dir, files, parsed } = studies([week('alpha', [10, 15]), week('beta', [12, 15, 18])]);
     const db = join(dir, 'exec.db');

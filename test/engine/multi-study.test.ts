@@ -115,6 +115,53 @@ describe('several studies on one engine (simulation)', () => {
     expect(again.firstDifference).toBeNull();
   });
 
+  it('cancelling a study withdraws only its own demand, and replays', () => {
+    const uncancelled = simulateStudies([
+      { study: a, at: 0 },
+      { study: b, at: 0 },
+    ]);
+    // Late enough that a stage only week2 demands (milestone 35's) is running.
+    const at = 0.8 * uncancelled.makespanSeconds;
+    // week2 (cancelled) demands everything week1 does plus milestone 35's branches.
+    const joint = simulateStudies([
+      { study: a, at: 0 },
+      { study: b, at: 0, cancelAt: at },
+    ]);
+    const end = joint.log.findIndex((e) => e.kind === 'finish' && e.study === 'week2');
+    expect(joint.log[end]).toEqual({ t: at, kind: 'finish', study: 'week2', cancelled: true });
+    // Its active trials stopped at the cancel; week1's are untouched and finish normally.
+    const stoppedThen = joint.log.filter((e) => e.kind === 'stop' && e.t === at);
+    expect(stoppedThen.length).toBeGreaterThan(0);
+    for (const e of stoppedThen)
+      expect(e.kind === 'stop' && e.trial.startsWith('week2/')).toBe(true);
+    // Tasks only week2 demanded were cancelled; none week1 needs.
+    const studiesOf = new Map<number, readonly string[]>();
+    for (const e of joint.log) if (e.kind === 'task') studiesOf.set(e.task.id, e.studies ?? []);
+    const cancelled = joint.log.filter(
+      (e): e is Extract<LogEntry, { kind: 'cancel' }> => e.kind === 'cancel',
+    );
+    expect(cancelled.length).toBeGreaterThan(0);
+    for (const e of cancelled) expect(studiesOf.get(e.task)).not.toContain('week1');
+    // week1 trains on to its end, every trial as it would alone: 6 trials x 4 reports.
+    expect(joint.log.some((e) => e.kind === 'finish' && e.study === undefined)).toBe(true);
+    const metricsOfA = joint.log.filter((e) => e.kind === 'metric' && !e.trial.includes('/'));
+    expect(metricsOfA.length).toBe(6 * 4);
+    expect(checkAlone(joint.log, 'max')).toBeGreaterThanOrEqual(6 * 4);
+    // No metric of week2 after its cancel.
+    expect(
+      joint.log.slice(end).filter((e) => e.kind === 'metric' && e.trial.startsWith('week2/')),
+    ).toEqual([]);
+    // The cancel is an input replay gives again: the same log, decision for decision.
+    const again = replay(
+      a,
+      joint.log,
+      createTuner(a),
+      { ...engineOptions(a, ExecutionMode.stageTree), identity: trainerIdentity, studyCaps: true },
+      () => ({ study: b, tuner: createTuner(b) }),
+    );
+    expect(again.firstDifference).toBeNull();
+  });
+
   it('shares nothing between studies whose trainers differ', () => {
     const other = week('other-code', [20, 30], {
       trainer: {

@@ -93,6 +93,8 @@ export interface Submission {
   readonly tuner?: Tuner;
   /** Its weight in fair share (default 1). */
   readonly priority?: number;
+  /** Virtual seconds at which it is cancelled (`Engine.cancelStudy`), if ever. */
+  readonly cancelAt?: number;
 }
 
 /** The identity of a study's trainer, for the merge key when several studies share an engine. */
@@ -148,18 +150,28 @@ export function simulateStudies(
     }
   };
 
+  // Submissions and cancellations, in time order (a submission first at equal times).
+  const outside = [
+    ...rest.map((sub) => ({ at: sub.at, sub, cancel: false })),
+    ...submissions.flatMap((sub) =>
+      sub.cancelAt === undefined ? [] : [{ at: sub.cancelAt, sub, cancel: true }],
+    ),
+  ].sort((x, y) => x.at - y.at || Number(x.cancel) - Number(y.cancel));
   apply(engine.start(now));
   let next = 0;
   for (;;) {
     const due = heap.peekTime();
-    const sub = rest[next];
-    if (sub && (due === undefined || sub.at <= due)) {
+    const o = outside[next];
+    if (o && (due === undefined || o.at <= due)) {
       next++;
-      now = Math.max(now, sub.at);
+      now = Math.max(now, o.at);
+      const { sub } = o;
       apply(
-        engine.submit(now, sub.study, sub.tuner ?? createTuner(sub.study), {
-          priority: sub.priority ?? 1,
-        }),
+        o.cancel
+          ? engine.cancelStudy(now, sub.study.name)
+          : engine.submit(now, sub.study, sub.tuner ?? createTuner(sub.study), {
+              priority: sub.priority ?? 1,
+            }),
       );
       continue;
     }
