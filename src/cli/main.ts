@@ -69,6 +69,13 @@ function positiveInt(value: string): number {
   return n;
 }
 
+function retainChoice(value: string): 'best' | 'all' {
+  if (value !== 'best' && value !== 'all') {
+    throw new InvalidArgumentError(`expected "best" or "all", got ${value}`);
+  }
+  return value;
+}
+
 export interface Io {
   out: (text: string) => void;
   err: (text: string) => void;
@@ -136,6 +143,11 @@ function program(io: Io, exit: Exit): Command {
     )
     .option('--checkpoints <dir>', 'checkpoint directory (default .stagetree/<name>-checkpoints)')
     .option('--workers <n>', "the pool's size (default: the largest study's workers)", positiveInt)
+    .option(
+      '--retain <which>',
+      "checkpoints kept after the studies: best (each study's best final state; default for one study) or all (every trained state, for studies run later on this store; default for several)",
+      retainChoice,
+    )
     .option('--json', 'print one JSON object (a studies array: name, status, best, steps)')
     .option(
       '--restart',
@@ -144,7 +156,14 @@ function program(io: Io, exit: Exit): Command {
     .action(
       async (
         files: string[],
-        opts: { db?: string; checkpoints?: string; json?: true; restart?: true; workers?: number },
+        opts: {
+          db?: string;
+          checkpoints?: string;
+          json?: true;
+          restart?: true;
+          workers?: number;
+          retain?: 'best' | 'all';
+        },
       ) => {
         const sources: StudySource[] = [];
         for (const file of files) {
@@ -182,6 +201,7 @@ function program(io: Io, exit: Exit): Command {
           signal: abort.signal,
           ...(opts.restart ? { restart: true } : {}),
           ...(opts.workers !== undefined ? { workers: opts.workers } : {}),
+          ...(opts.retain !== undefined ? { retain: opts.retain } : {}),
         };
         let out: RunStudiesOutcome;
         try {

@@ -43,6 +43,8 @@ export interface RunStudyOptions {
   readonly signal?: AbortSignal;
   /** The most worker processes alive at once (default: the largest study's `workers`). */
   readonly workers?: number;
+  /** Which checkpoints outlive the studies (`ExecutorOptions.retain`). */
+  readonly retain?: 'best' | 'all';
 }
 
 function executorOptions(paths: RunPaths, options: RunStudyOptions): ExecutorOptions {
@@ -62,6 +64,7 @@ function executorOptions(paths: RunPaths, options: RunStudyOptions): ExecutorOpt
     ...(options.restart ? { restart: true } : {}),
     ...(options.signal ? { signal: options.signal } : {}),
     ...(options.workers !== undefined ? { workers: options.workers } : {}),
+    ...(options.retain !== undefined ? { retain: options.retain } : {}),
   };
 }
 
