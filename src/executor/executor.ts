@@ -295,6 +295,9 @@ export class Executor {
         );
       }
       names.add(s.study.name);
+      const metric = (sources[0] as StudySource).study.metric.name;
+      if (s.study.metric.name !== metric)
+        throw sameMetric(['studies', i, 'metric', 'name'], metric, s);
     }
     checkDbPath(options.db);
     const checkpoints =
@@ -319,7 +322,17 @@ export class Executor {
         );
       }
       const executor = new Executor(options, store, checkpoints, !legacy, null, null);
-      await executor.start(sources, before, events);
+      try {
+        await executor.start(sources, before, events);
+      } catch (e) {
+        // Nothing may outlive a failed start: the workers and the hub go too.
+        if (executor.execution) {
+          executor.execution.stop({ kind: 'interrupted', reason: describeError(e) });
+          await executor.execution.close();
+        }
+        await executor.poolHandle?.close();
+        throw e;
+      }
       return executor;
     } catch (e) {
       store.close();
@@ -556,6 +569,8 @@ export class Executor {
     if (this.members.has(name)) {
       throw new ValidationError('name', 'a study name not on this executor yet', name);
     }
+    const metric = execution.engine.study.metric.name;
+    if (source.study.metric.name !== metric) throw sameMetric(['metric', 'name'], metric, source);
     const wall = Date.now() / 1000;
     const created = this.store.initStudy(name, source.study, wall) === 'created';
     this.fingerprints.set(
@@ -728,6 +743,15 @@ export class Executor {
       process.stderr.write(`stagetree: warning: ${describeError(e)}\n`);
     }
   }
+}
+
+/** Studies on one executor report one metric (a shared stage has one value at its end). */
+function sameMetric(path: (string | number)[], metric: string, s: StudySource): ValidationError {
+  return new ValidationError(
+    path,
+    `${JSON.stringify(metric)}, the metric of the executor's studies (a stage they share has one value)`,
+    s.study.metric.name,
+  );
 }
 
 /** A study the store holds (its stored JSON is the parsed study, plain data). */
