@@ -365,7 +365,7 @@ export class Executor {
         resumed: before.has(name),
         settled: null,
         waiters: [],
-        cancelled: false,
+        cancelled: store.events(name).some((e) => e.kind === 'finish' && e.cancelled === true),
         bestKey: null,
       });
     }

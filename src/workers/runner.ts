@@ -202,9 +202,11 @@ export class Execution {
       this.flushed = Math.min(engine.log.length, resumeFrom.length);
       this.offset = (resumeFrom[resumeFrom.length - 1]?.t ?? 0) - this.options.clock();
       for (const e of resumeFrom) this.noteEntry(e);
-      // The earlier run's workers are gone with it.
-      for (const w of engine.inspect().workers)
-        this.apply(engine.workerLost(this.now(), w.id, 'the engine restarted'));
+      // The earlier run's workers are gone with it (said only when something is left to
+      // run: a finished log run again gains no entries).
+      if (!engine.done || this.options.stayOpen)
+        for (const w of engine.inspect().workers)
+          this.apply(engine.workerLost(this.now(), w.id, 'the engine restarted'));
       this.apply(engine.poke(this.now()));
     } else {
       this.offset = -this.options.clock();

@@ -167,6 +167,19 @@ describe('one executor, several studies (real worker processes)', () => {
     );
     expect(fromStore(db, (s) => s.unfinished())).toEqual([]);
     expect(metricsOf(db, 'keep')).toEqual(await alone(keep));
+
+    // Opened again, both are reported as they ended, and the log gains nothing.
+    const count = log.length;
+    const again = await Executor.open({ db, checkpoints: join(dir, 'ck'), log: quiet }, [
+      { study: keep, file: files[0] as string },
+      { study: drop, file: files[1] as string },
+    ]);
+    const reported = await again.finish();
+    expect(reported.studies.map((s) => [s.name, s.end, s.resumed])).toEqual([
+      ['keep', 'finished', true],
+      ['drop', 'cancelled', true],
+    ]);
+    expect(storedLog(db)).toHaveLength(count);
   });
 
   it('kill the executor while two studies run: reopened, both finish and no completed stage trains again', async () => {
