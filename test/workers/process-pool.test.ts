@@ -7,21 +7,28 @@ import type { Task, WorkerToEngine } from '../../src/engine/index.js';
 import { startWorkerHub } from '../../src/rpc/index.js';
 import type { WorkerHub } from '../../src/rpc/index.js';
 import { canonicalize, parseSchedule } from '../../src/schedule/index.js';
-import { ProcessPool } from '../../src/workers/index.js';
-import type { GoneInfo } from '../../src/workers/index.js';
+import { ValidationError } from '../../src/errors.js';
+import {
+  detectGpus,
+  parseGpuQuery,
+  ProcessPool,
+  UnknownGpuError,
+} from '../../src/workers/index.js';
+import type { GoneInfo, ProcessPoolOptions } from '../../src/workers/index.js';
 import { IllegalTransitionError, SlotLifecycle, SlotState } from '../../src/workers/slot.js';
 import { ROOT, TRAINER } from '../support/real-run.js';
 
 /**
- * The process pool's contract, against real worker processes and a real hub: the slot
- * lifecycle (starting, idle, busy, draining, gone), a slot that fails to start, a kill
- * mid-task, a cancel racing a result, and shutdown with a task running.
+ * What the process pool does beyond the WorkerPool contract (which
+ * process-pool.contract.test.ts checks): the slot lifecycle's table, a command that
+ * cannot be spawned, a worker that is not what it was started as, GPU devices and the
+ * inventory, and no process left after a shutdown.
  */
 
 const lr = canonicalize(parseSchedule(0.05));
 let nextTask = 1;
-const task = (worker: string, steps: number, stepDelayMs = 0): Task => ({
-  id: nextTask++,
+const task = (worker: string, steps: number, stepDelayMs = 0, id = nextTask++): Task => ({
+  id,
   worker,
   gpu: 0,
   startProcess: false,
@@ -45,6 +52,7 @@ afterEach(async () => {
 async function pool(
   file = process.execPath,
   prefix: readonly string[] = [],
+  gpuOptions: Pick<ProcessPoolOptions, 'gpus' | 'devices'> = { gpus: false },
 ): Promise<{
   hub: WorkerHub;
   pool: ProcessPool;
@@ -67,7 +75,7 @@ async function pool(
       env: { STAGETREE_TRAINER_MODULE: TRAINER, STAGETREE_TRAINER_EXPORT: 'QuadraticTrainer' },
     }),
     engineAddress: hub.address,
-    gpus: false,
+    ...gpuOptions,
     welcome: { kind: 'welcome', checkpointDir: join(dir, 'ck'), heartbeatSeconds: 1 },
     log: () => undefined,
   });
@@ -86,9 +94,6 @@ async function pool(
   return { hub, pool: p, messages, gone, until };
 }
 
-const resultOf = (messages: { m: WorkerToEngine }[], id: number): WorkerToEngine | undefined =>
-  messages.find((x) => (x.m.kind === 'done' || x.m.kind === 'failed') && x.m.taskId === id)?.m;
-
 describe('slot lifecycle', () => {
   it('allows only the transitions of the lifecycle, and gone is final', () => {
     const s = new SlotLifecycle('w1');
@@ -105,37 +110,118 @@ describe('slot lifecycle', () => {
       'internal: worker slot w2 cannot go from starting to busy (allowed: idle, draining, gone)',
     );
   });
+
+  it('moves with the messages that reach the worker, and only its own task frees it', () => {
+    const s = new SlotLifecycle('w1');
+    const run = (id: number) => ({ kind: 'run' as const, task: toWireTask(task('w1', 1, 0, id)) });
+    // While starting, messages wait; a second task waiting is a caller bug.
+    s.queue(run(1));
+    expect(() => s.queue(run(2))).toThrow(IllegalTransitionError);
+    s.queue({ kind: 'cancel', taskId: 1 });
+    s.queue(run(2)); // the first was cancelled before it was ever delivered
+    s.to('idle');
+    s.deliver(run(2));
+    expect([s.state, s.task]).toEqual(['busy', 2]);
+    // A cancel or a result for another task moves nothing.
+    s.deliver({ kind: 'cancel', taskId: 1 });
+    s.answered(1);
+    expect([s.state, s.task]).toEqual(['busy', 2]);
+    s.deliver({ kind: 'cancel', taskId: 2 });
+    expect([s.state, s.task]).toEqual(['idle', null]);
+    s.deliver(run(3));
+    // The cancelled task's late result does not free the slot that runs the next one.
+    s.answered(2);
+    expect([s.state, s.task]).toEqual(['busy', 3]);
+    s.answered(3);
+    expect([s.state, s.task]).toEqual(['idle', null]);
+    s.deliver({ kind: 'shutdown', reason: 'done' });
+    expect(s.state).toBe('draining');
+    // Draining: nothing moves it but its end.
+    s.deliver(run(4));
+    s.answered(4);
+    expect(s.state).toBe('draining');
+    s.to('gone');
+    s.deliver(run(5));
+    expect(s.state).toBe('gone');
+  });
+});
+
+describe('the process pool inventory', () => {
+  const command = () => ({ file: process.execPath, args: [], env: {} });
+  const welcome = { kind: 'welcome' as const, checkpointDir: '/nowhere', heartbeatSeconds: 1 };
+  const base = { command, engineAddress: 'unix:/nowhere', welcome, host: 'h1' };
+
+  it('has no GPUs when CPU-only: an index is a worker slot', () => {
+    const p = new ProcessPool({ ...base, gpus: false });
+    expect(p.inventory()).toEqual({ hosts: [{ name: 'h1', gpus: [] }] });
+  });
+
+  it('lists its devices in order, and refuses an index outside them', () => {
+    const p = new ProcessPool({
+      ...base,
+      gpus: true,
+      devices: [
+        { device: 2, memoryBytes: 1024 },
+        { device: 0, memoryBytes: null },
+      ],
+    });
+    expect(p.inventory()).toEqual({
+      hosts: [
+        {
+          name: 'h1',
+          gpus: [
+            { host: 'h1', device: 2, memoryBytes: 1024 },
+            { host: 'h1', device: 0, memoryBytes: null },
+          ],
+        },
+      ],
+    });
+    expect(() => {
+      p.start('w1', 2, 1);
+    }).toThrow(UnknownGpuError);
+    expect(p.state('w1')).toBeNull();
+  });
+
+  it('refuses devices that make no sense', () => {
+    expect(() => new ProcessPool({ ...base, gpus: false, devices: [] })).toThrow(ValidationError);
+    expect(
+      () =>
+        new ProcessPool({
+          ...base,
+          gpus: true,
+          devices: [
+            { device: 1, memoryBytes: null },
+            { device: 1, memoryBytes: null },
+          ],
+        }),
+    ).toThrow(
+      'ProcessPoolOptions.devices[1].device: expected a device number >= 0, each once, got 1 (number)',
+    );
+    expect(
+      () => new ProcessPool({ ...base, gpus: true, devices: [{ device: 0, memoryBytes: 0 }] }),
+    ).toThrow('ProcessPoolOptions.devices[0].memoryBytes');
+  });
+
+  it('asks nvidia-smi when it has GPUs but no device list, and keeps index i on device i', () => {
+    const fake = join(ROOT, 'test', 'fixtures', 'bin');
+    expect(detectGpus(join(fake, 'nvidia-smi'))).toEqual([
+      { device: 0, memoryBytes: 81559 * 1024 * 1024 },
+      { device: 1, memoryBytes: null },
+    ]);
+    expect(detectGpus('/nonexistent/nvidia-smi')).toEqual([]);
+    expect(parseGpuQuery('garbage\n3, 1024\n\n')).toEqual([{ device: 3, memoryBytes: 1024 ** 3 }]);
+    const path = process.env.PATH;
+    process.env.PATH = `${fake}:${path ?? ''}`;
+    try {
+      const p = new ProcessPool({ ...base, gpus: true });
+      expect(p.inventory().hosts[0]?.gpus.map((g) => g.device)).toEqual([0, 1]);
+    } finally {
+      process.env.PATH = path;
+    }
+  });
 });
 
 describe('the process pool contract (real processes)', () => {
-  it('walks a slot through starting, idle, busy, idle, draining and gone', async () => {
-    const { pool: p, messages, gone, until } = await pool();
-    // A listener that unsubscribes hears nothing more; the others go on.
-    let heardAfter = 0;
-    const off = p.onMessage(() => heardAfter++);
-    off();
-    p.start('w1', 0, 1);
-    expect(p.state('w1')).toBe('starting');
-    await until('registration', () => p.registered('w1'));
-    expect(p.state('w1')).toBe('idle');
-    const t = task('w1', 3);
-    p.send('w1', { kind: 'run', task: toWireTask(t) });
-    expect(p.state('w1')).toBe('busy');
-    // Sending a second task to a busy slot is a caller bug.
-    expect(() => p.send('w1', { kind: 'run', task: toWireTask(task('w1', 1)) })).toThrow(
-      IllegalTransitionError,
-    );
-    await until('the result', () => resultOf(messages, t.id) !== undefined);
-    expect(resultOf(messages, t.id)?.kind).toBe('done');
-    expect(heardAfter).toBe(0);
-    expect(p.state('w1')).toBe('idle');
-    p.stop('w1', 'done with it');
-    expect(p.state('w1')).toBe('draining');
-    await until('exit', () => gone.has('w1'));
-    expect(p.state('w1')).toBe('gone');
-    expect(gone.get('w1')?.info.registered).toBe(true);
-  });
-
   it('reports a slot that fails to start as gone, never registered', async () => {
     const { pool: p, gone, until } = await pool('/nonexistent/node');
     p.start('w1', 0, 1);
@@ -160,41 +246,24 @@ describe('the process pool contract (real processes)', () => {
     expect(p.registered('w1')).toBe(false);
   });
 
-  it('reports a slot killed mid-task as gone, with no result', async () => {
-    const { pool: p, messages, gone, until } = await pool();
-    p.start('w1', 0, 1);
-    const t = task('w1', 100, 50);
-    p.send('w1', { kind: 'run', task: toWireTask(t) }); // queued until it registers
-    await until('the task to run', () =>
-      messages.some((x) => x.m.kind === 'progress' || x.m.kind === 'heartbeat'),
-    );
-    p.kill('w1');
-    expect(p.state('w1')).toBe('draining');
-    await until('the exit', () => gone.has('w1'));
-    expect(gone.get('w1')?.reason).toMatch(/killed \(SIGKILL\)|stream ended/);
-    expect(resultOf(messages, t.id)).toBeUndefined();
-  });
-
-  it('frees a slot on cancel, and the slot serves the next task at once', async () => {
-    const { pool: p, messages, until } = await pool();
-    p.start('w1', 0, 1);
+  it('starts a worker on the device its GPU index names (CUDA_VISIBLE_DEVICES)', async () => {
+    const devices = [
+      { device: 4, memoryBytes: null },
+      { device: 9, memoryBytes: null },
+    ];
+    // The hub admits a worker only if it registers seeing the device it was started for.
+    const { hub, pool: p, until } = await pool(process.execPath, [], { gpus: true, devices });
+    p.start('w1', 1, 1);
     await until('registration', () => p.registered('w1'));
-    let checked = 0;
-    for (let i = 0; i < 5; i++) {
-      const t = task('w1', 2);
-      p.send('w1', { kind: 'run', task: toWireTask(t) });
-      p.send('w1', { kind: 'cancel', taskId: t.id });
-      expect(p.state('w1')).toBe('idle');
-      // The slot takes the next task at once, and that one answers.
-      const next = task('w1', 2);
-      p.send('w1', { kind: 'run', task: toWireTask(next) });
-      await until('the next result', () => resultOf(messages, next.id) !== undefined);
-      expect(resultOf(messages, next.id)?.kind).toBe('done');
-      // The cancelled task's result may still come (it can finish before the cancel
-      // arrives): the pool passes it on, and the runner drops it as late (a hardening test).
-      checked++;
-    }
-    expect(checked).toBe(5);
+    expect(hub.refused.size).toBe(0);
+    // A worker that sees another device than its index names is refused.
+    const other = await pool('/usr/bin/env', ['CUDA_VISIBLE_DEVICES=4', process.execPath], {
+      gpus: true,
+      devices,
+    });
+    other.pool.start('w1', 1, 1);
+    await other.until('the refusal', () => other.gone.has('w1'));
+    expect(other.hub.refused.get('failed-precondition')).toBe(1);
   });
 
   it('shuts down with a task running: every process exits within the grace', async () => {

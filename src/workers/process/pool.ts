@@ -1,12 +1,13 @@
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
+import { hostname } from 'node:os';
 import { WORKER_SECRET_ENV } from '../../engine/index.js';
 import type { EngineToWorker, WorkerId, WorkerPort } from '../../engine/index.js';
-import { subscribe } from '../pool.js';
-import type { GoneInfo, Unsubscribe, WorkerMessage, WorkerPool } from '../pool.js';
+import { gpuAt, subscribe } from '../pool.js';
+import type { GoneInfo, Inventory, Unsubscribe, WorkerMessage, WorkerPool } from '../pool.js';
 import { SlotLifecycle, SlotState } from '../slot.js';
-import { InternalError } from '../../errors.js';
+import { InternalError, ValidationError } from '../../errors.js';
 
 /** How to start one worker process. */
 export interface WorkerCommand {
@@ -24,12 +25,60 @@ export interface ProcessPoolOptions {
   readonly command: (workerId: WorkerId, runtime: string | null) => WorkerCommand;
   /** What workers dial: the engine's worker hub (`host:port` or `unix:/path`). */
   readonly engineAddress: string;
-  /** Whether there are GPUs to assign (sets CUDA_VISIBLE_DEVICES; none: it is set empty). */
+  /**
+   * Whether there are GPUs to assign (sets CUDA_VISIBLE_DEVICES; none: it is set empty
+   * and the inventory has no GPUs, so the engine's GPU indices are worker slots).
+   */
   readonly gpus: boolean;
+  /**
+   * This host's GPUs, in the engine's order: GPU index i runs with CUDA_VISIBLE_DEVICES
+   * set to `devices[i].device`, and an index outside the list is refused
+   * (`UnknownGpuError`). Only with `gpus: true`. Absent: the inventory lists what
+   * `nvidia-smi` sees (`detectGpus`, asked once, when first needed) and GPU index i runs
+   * on device i, as before inventories existed.
+   */
+  readonly devices?: readonly GpuDevice[];
+  /** The host name in the inventory (default: `os.hostname()`). */
+  readonly host?: string;
   /** What every worker is told on registering (the pool adds its id). */
   readonly welcome: Omit<Extract<EngineToWorker, { kind: 'welcome' }>, 'workerId'>;
   /** Where worker output goes (default: this process's stderr, prefixed). */
   readonly log?: (workerId: WorkerId, line: string) => void;
+}
+
+/** A GPU of this host: its device number and memory (null: unknown). */
+export interface GpuDevice {
+  readonly device: number;
+  readonly memoryBytes: number | null;
+}
+
+/**
+ * The GPUs `nvidia-smi --query-gpu=index,memory.total --format=csv,noheader,nounits`
+ * prints (memory in MiB), in its order; none when it cannot be run or prints nothing usable.
+ */
+export function detectGpus(command = 'nvidia-smi'): GpuDevice[] {
+  const r = spawnSync(
+    command,
+    ['--query-gpu=index,memory.total', '--format=csv,noheader,nounits'],
+    {
+      encoding: 'utf8',
+      timeout: 10_000,
+    },
+  );
+  if (r.error !== undefined || r.status !== 0 || typeof r.stdout !== 'string') return [];
+  return parseGpuQuery(r.stdout);
+}
+
+/** Parses `index, memory.total` lines (memory in MiB; `[N/A]` and the like: unknown). */
+export function parseGpuQuery(text: string): GpuDevice[] {
+  const out: GpuDevice[] = [];
+  for (const line of text.split('\n')) {
+    const [index, memory] = line.split(',').map((x) => x.trim());
+    if (index === undefined || !/^\d+$/.test(index)) continue;
+    const mib = memory !== undefined && /^\d+(\.\d+)?$/.test(memory) ? Number(memory) : null;
+    out.push({ device: Number(index), memoryBytes: mib === null ? null : mib * 1024 * 1024 });
+  }
+  return out;
 }
 
 /** How long a worker whose stream ended may take to exit on its own before it is killed. */
@@ -78,8 +127,58 @@ export class ProcessPool implements WorkerPool {
   private readonly goneListeners: ((worker: WorkerId, reason: string, info: GoneInfo) => void)[] =
     [];
   private readonly registeredListeners: ((worker: WorkerId) => void)[] = [];
+  private detected: Inventory | null = null;
 
-  constructor(private readonly options: ProcessPoolOptions) {}
+  constructor(private readonly options: ProcessPoolOptions) {
+    const devices = options.devices;
+    if (devices === undefined) return;
+    if (!options.gpus)
+      throw new ValidationError(
+        'ProcessPoolOptions.devices',
+        'no devices when gpus is false (a CPU-only pool)',
+        devices,
+      );
+    const seen = new Set<number>();
+    devices.forEach((d, i) => {
+      if (!Number.isInteger(d.device) || d.device < 0 || seen.has(d.device))
+        throw new ValidationError(
+          `ProcessPoolOptions.devices[${i}].device`,
+          'a device number >= 0, each once',
+          d.device,
+        );
+      seen.add(d.device);
+      if (d.memoryBytes !== null && !(Number.isFinite(d.memoryBytes) && d.memoryBytes > 0))
+        throw new ValidationError(
+          `ProcessPoolOptions.devices[${i}].memoryBytes`,
+          'a number of bytes > 0, or null',
+          d.memoryBytes,
+        );
+    });
+  }
+
+  /**
+   * This host and its GPUs: `devices`, or what `nvidia-smi` sees when `gpus` is true
+   * without them (possibly none), or no GPUs for a CPU-only pool.
+   */
+  inventory(): Inventory {
+    const name = this.options.host ?? hostname();
+    if (!this.options.gpus) return { hosts: [{ name, gpus: [] }] };
+    if (this.options.devices === undefined && this.detected !== null) return this.detected;
+    const devices = this.options.devices ?? detectGpus();
+    const inv: Inventory = {
+      hosts: [{ name, gpus: devices.map((d) => ({ host: name, ...d })) }],
+    };
+    if (this.options.devices === undefined) this.detected = inv;
+    return inv;
+  }
+
+  /** The CUDA device GPU index `gpu` runs on, or null for a CPU-only pool. */
+  private deviceOf(gpu: number): number | null {
+    if (!this.options.gpus) return null;
+    // Without a device list, index i is device i (what the pool always did).
+    if (this.options.devices === undefined) return gpu;
+    return gpuAt(this.inventory(), gpu)?.device ?? null;
+  }
 
   /** What the pool's workers dial (the engine's hub). */
   get engineAddress(): string {
@@ -112,6 +211,7 @@ export class ProcessPool implements WorkerPool {
   /** Starts worker `id` on `gpu` with `share` of it. */
   start(id: WorkerId, gpu: number, share: number, runtime: string | null = null): void {
     if (this.slots.has(id)) throw new InternalError(`worker ${id} started twice`);
+    const device = this.deviceOf(gpu);
     const cmd = this.options.command(id, runtime);
     const secret = this.secretOf(id);
     const env: Record<string, string> = {
@@ -121,7 +221,7 @@ export class ProcessPool implements WorkerPool {
       STAGETREE_WORKER_ID: id,
       [WORKER_SECRET_ENV]: secret.toString('base64url'),
       STAGETREE_GPU_SHARE: String(share),
-      CUDA_VISIBLE_DEVICES: this.options.gpus ? String(gpu) : '',
+      CUDA_VISIBLE_DEVICES: device === null ? '' : String(device),
     };
     const child = spawn(cmd.file, [...cmd.args], {
       env,
@@ -163,7 +263,7 @@ export class ProcessPool implements WorkerPool {
       life: new SlotLifecycle(id),
       child,
       secret,
-      gpus: this.options.gpus ? [gpu] : [],
+      gpus: device === null ? [] : [device],
       share,
       port: null,
       pending: [],
@@ -248,12 +348,16 @@ export class ProcessPool implements WorkerPool {
     slot.port = port;
     if (slot.life.state === SlotState.starting) slot.life.to(SlotState.idle);
     port.onMessage((m) => {
-      if ((m.kind === 'done' || m.kind === 'failed') && slot.life.state === SlotState.busy)
-        slot.life.to(SlotState.idle);
+      // A slot that is gone says nothing more (a message still on the wire is dropped).
+      if (slot.gone) return;
+      if (m.kind === 'done' || m.kind === 'failed') slot.life.answered(m.taskId);
       for (const l of this.messageListeners) l(slot.id, m);
     });
     port.onClose((reason) => {
-      this.gone(slot, `its stream ended (${reason})`);
+      // Never inside the call that ended the stream (`abort`): listeners hear it after.
+      queueMicrotask(() => {
+        this.gone(slot, `its stream ended (${reason})`);
+      });
       // A worker without a stream is of no use; let it flush its output and exit first.
       setTimeout(() => {
         this.kill(slot.id);
@@ -267,8 +371,12 @@ export class ProcessPool implements WorkerPool {
   send(id: WorkerId, message: EngineToWorker): void {
     const slot = this.slots.get(id);
     if (!slot || slot.gone) return;
-    if (slot.port) this.deliver(slot, message);
-    else slot.pending.push(message);
+    if (slot.port) {
+      this.deliver(slot, message);
+    } else {
+      slot.life.queue(message);
+      slot.pending.push(message);
+    }
   }
 
   /** The lifecycle state of a slot, or null for one this pool never started. */
@@ -277,14 +385,8 @@ export class ProcessPool implements WorkerPool {
   }
 
   private deliver(slot: Slot, message: EngineToWorker): void {
-    const state = slot.life.state;
-    if (state === SlotState.idle || state === SlotState.busy) {
-      // A task on a busy slot is a bug of the caller: the lifecycle throws.
-      if (message.kind === 'run') slot.life.to(SlotState.busy);
-      // A cancel frees the slot for the engine at once (the worker drops the late result).
-      else if (message.kind === 'cancel' && state === SlotState.busy) slot.life.to(SlotState.idle);
-      else if (message.kind === 'shutdown') slot.life.to(SlotState.draining);
-    }
+    // A task on a busy slot is a bug of the caller: the lifecycle throws.
+    slot.life.deliver(message);
     slot.port?.send(message);
   }
 

@@ -13,3 +13,5 @@ export { SimPool } from './pool.js';
 export type { SimCosts, SimOutcome } from './pool.js';
 export { simEvaluate, simInit, simTrain } from './trainer.js';
 export type { SimState } from './trainer.js';
+export { SIM_PHASES, SimWorkerPool, simInventory } from './workers.js';
+export type { SimWorkerFaults, SimWorkerPoolOptions } from './workers.js';
