@@ -83,20 +83,35 @@ async function check(): Promise<number> {
   }
 }
 
-/** The engine port of the main thread: messages go through the link thread. */
-function linkPort(engine: string, shared: SharedArrayBuffer): EnginePort {
+/**
+ * The engine port of the main thread: messages go through the link thread. `closed`
+ * resolves once the stream has ended (every message handed to the link thread before
+ * `close` has been sent) or the thread is gone.
+ */
+function linkPort(
+  engine: string,
+  shared: SharedArrayBuffer,
+): EnginePort & { readonly closed: Promise<void> } {
   const data: LinkData = { engine, shared, ppid: process.ppid, shutdownGraceSeconds: 3 };
   const thread = new Worker(new URL('./worker-link.js', import.meta.url), { workerData: data });
   const messageListeners: ((m: EngineToWorker) => void)[] = [];
   const closeListeners: ((error: string | null) => void)[] = [];
+  let ended: () => void = () => undefined;
+  const closed = new Promise<void>((resolve) => (ended = resolve));
   thread.on('message', (m: FromLink) => {
     if (m.type === 'message') for (const l of messageListeners) l(m.message);
-    else for (const l of closeListeners) l(m.error);
+    else {
+      ended();
+      for (const l of closeListeners) l(m.error);
+    }
   });
   thread.on('error', (e) => {
+    ended();
     for (const l of closeListeners) l(`the link thread failed: ${describeError(e)}`);
   });
+  thread.on('exit', () => ended());
   return {
+    closed,
     send: (message) => thread.postMessage({ type: 'send', message } satisfies ToLink),
     onMessage: (l) => messageListeners.push(l),
     onClose: (l) => closeListeners.push(l),
@@ -147,7 +162,12 @@ async function main(): Promise<number> {
       cancelled: (taskId) => Atomics.load(state, 1) === BigInt(taskId),
     },
   });
-  return agent.run();
+  const code = await agent.run();
+  // The last progress and result may still be on their way to the engine: exit once the
+  // stream has ended (the engine closes it after a stop), or after a grace period.
+  port.close();
+  await Promise.race([port.closed, new Promise((resolve) => setTimeout(resolve, 3000).unref())]);
+  return code;
 }
 
 /** Exits once everything written to stdout and stderr has left (pipes are asynchronous). */

@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
   describeError,
+  EnvironmentError,
   ExecutorClosedError,
   IoError,
   ResumeError,
@@ -17,7 +18,7 @@ import { CheckpointStore, StudyStore } from '../store/index.js';
 import type { StudyStatus } from '../store/index.js';
 import type { Study } from '../study/index.js';
 import { createTuner } from '../tuner/index.js';
-import { Execution, ProcessPool } from '../workers/index.js';
+import { Execution, fitsInventory, gpuList, ProcessPool } from '../workers/index.js';
 import type { RunStop, WorkerCommand, WorkerPool } from '../workers/index.js';
 import { engineOptions } from '../workers/sim/index.js';
 import { AttemptLog } from './attempts.js';
@@ -404,6 +405,15 @@ export class Executor {
       ...(options.log ? { log: options.log } : {}),
     });
     this.poolHandle = pool;
+    const inventory = pool.pool.inventory();
+    if (!fitsInventory(inventory, engineOpts.gpus)) {
+      throw new EnvironmentError(
+        `the studies plan for ${engineOpts.gpus} GPUs (resources.cluster of study ${primary.study.name}), ` +
+          `and the pool has only ${gpuList(inventory).length} (${gpuList(inventory)
+            .map((g) => `${g.host}:${g.device}`)
+            .join(', ')})`,
+      );
+    }
     let discardWarned = false;
     const execution = new Execution({
       engine,

@@ -61,12 +61,13 @@ export function gpuAt(inv: Inventory, gpu: number): Gpu | null {
 }
 
 /**
- * Whether an engine counting `gpus` GPUs fits a pool with this inventory: the count is
- * the inventory's GPU count, or anything (a number of worker slots) when it has none.
+ * Whether an engine counting `gpus` GPUs fits a pool with this inventory: at most the
+ * inventory's GPUs (the engine uses the first `gpus` of `gpuList`), or anything (a
+ * number of worker slots) when it has none.
  */
 export function fitsInventory(inv: Inventory, gpus: number): boolean {
   const n = gpuList(inv).length;
-  return n === 0 || n === gpus;
+  return n === 0 || gpus <= n;
 }
 
 /** A message a worker sent after registering. */

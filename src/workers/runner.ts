@@ -497,9 +497,11 @@ export class Execution {
       const studies = this.studiesOf(id);
       const limit = taskLimit(studies, s.steps, this.secondsPerStep);
       if (t - s.reachedAt <= limit) continue;
-      // The trainer may be stuck where a cancel cannot reach it: fail the task, kill the worker.
+      // The trainer may be stuck where a cancel cannot reach it: kill the worker (first, so
+      // that the engine never hands the still-busy slot its next stage), fail the task.
       this.endOn(s.worker, id);
       this.failures.set(s.stage, (this.failures.get(s.stage) ?? 0) + 1);
+      pool.kill(s.worker);
       const declared = studies.some((x) => x.taskTimeout !== null);
       this.apply(
         engine.taskFailed(t, id, {
@@ -507,7 +509,6 @@ export class Execution {
           reason: 'trainer',
         }),
       );
-      pool.kill(s.worker);
       this.check();
     }
   }

@@ -108,13 +108,6 @@ describePoolContract('process', async () => {
       if (pid === undefined) throw new Error(`no process for ${id}`);
       process.kill(pid, 'SIGSTOP');
     },
-    gaps: {
-      // src/cli/worker.ts exits (process.exit) right after handing its last messages to
-      // the link thread, which may not have written them yet: a worker stopped while
-      // busy can lose that task's progress and result.
-      'stop-loses-result':
-        'the worker process exits before its link thread sends its last messages',
-    },
     close: async () => {
       await p.shutdown('test over', 1);
       await hub.close();
