@@ -101,7 +101,7 @@ export async function runStudy(
     stopped: outcome.stopped,
     reused: outcome.reused,
     study: s,
-    engineOptions: outcome.engineOptions,
+    engineOptions: outcome.engineOptions as EngineOptions,
   };
 }
 

@@ -105,8 +105,10 @@ interface Session {
   finished: boolean;
   /** Estimated GPU-seconds of the tasks it demanded (shared tasks split), for fair share. */
   usage: number;
-  /** Steps of the tasks it demanded, re-computations included (shared tasks split). */
+  /** Steps of the tasks it was the earliest study to demand, re-computations included. */
   stepsTrained: number;
+  /** Paused (`pauseStudy`): none of its stages starts, its tuner waits. */
+  suspended: boolean;
 }
 
 /** How a study joins a running engine. */
@@ -247,6 +249,7 @@ export class Engine {
       finished: false,
       usage: 0,
       stepsTrained: 0,
+      suspended: false,
     };
     session.ctx = this.makeContext(session);
     this.sessions.push(session);
@@ -333,6 +336,39 @@ export class Engine {
     const session = this.sessions.find((x) => x.study.name === name);
     if (session && !session.finished) this.finishSession(session, true);
     return this.flush();
+  }
+
+  /**
+   * Pauses a study (by its study name) at `now`, logged as `pause`: none of its stages
+   * starts (a stage another, running study demands still does), its tasks that run go
+   * on to their end (nothing trained is lost), its tuner hears nothing until `resumeStudy`.
+   * A paused study is never finished for want of work. An unknown, finished or paused
+   * study: nothing.
+   */
+  pauseStudy(now: number, name: string): Commands {
+    this.now = now;
+    const x = this.sessions.find((y) => y.study.name === name);
+    if (x && !x.finished && !x.suspended) {
+      x.suspended = true;
+      this.log.push({ t: now, kind: 'pause', study: name });
+    }
+    return this.flush();
+  }
+
+  /** Resumes a paused study at `now` (logged as `resume`): its stages are placed again. */
+  resumeStudy(now: number, name: string): Commands {
+    this.now = now;
+    const x = this.sessions.find((y) => y.study.name === name);
+    if (x && !x.finished && x.suspended) {
+      x.suspended = false;
+      this.log.push({ t: now, kind: 'resume', study: name });
+    }
+    return this.flush();
+  }
+
+  /** Whether a study (by its study name) is paused. */
+  studyPaused(name: string): boolean {
+    return this.sessions.find((y) => y.study.name === name)?.suspended ?? false;
   }
 
   /** A study the engine runs, by its study name. */
@@ -655,7 +691,9 @@ export class Engine {
       if (this.running.size > 0) return;
       if (stuck) throw this.stuckError(stuck);
       const before = this.log.length;
-      const open = this.sessions.filter((x) => !x.finished);
+      // Paused studies wait: no onIdle, never finished for want of work.
+      const open = this.sessions.filter((x) => !x.finished && !x.suspended);
+      if (open.length === 0) return;
       for (const x of open) if (!x.finished) x.tuner.onIdle(x.ctx);
       if (this.log.length === before || ++idle > 10_000) {
         for (const x of open) this.finishSession(x);
@@ -672,7 +710,7 @@ export class Engine {
   private idleSessions(): boolean {
     let changed = false;
     for (const x of this.sessions) {
-      if (x.finished || this.sessionBusy(x)) continue;
+      if (x.finished || x.suspended || this.sessionBusy(x)) continue;
       const before = this.log.length;
       x.tuner.onIdle(x.ctx);
       if (this.log.length === before) this.finishSession(x);
@@ -708,7 +746,9 @@ export class Engine {
   private placeReady(): Stage | null {
     this.reuseOffered();
     if (this.finished || !this.hasRoom()) return null;
-    const ready = readyStages(this.tree, { sorted: false }).filter((s) => !this.isRunning(s));
+    const ready = readyStages(this.tree, { sorted: false }).filter(
+      (s) => !this.isRunning(s) && !this.suspendedStage(s),
+    );
     if (ready.length === 0) return null;
     const held = new Set<StageId>();
     for (const id of this.idle) {
@@ -773,6 +813,13 @@ export class Engine {
       this.deliver(s.id, metric);
       this.reportTrained();
     }
+  }
+
+  /** Whether every study that demands a stage is paused (then it waits). */
+  private suspendedStage(s: Stage): boolean {
+    if (!this.sessions.some((x) => x.suspended)) return false;
+    const owners = this.sessions.length === 1 ? [this.primary] : this.ownersOf(s);
+    return owners.length > 0 && owners.every((x) => x.suspended);
   }
 
   /** The unfinished studies whose active trials pass through a stage, earliest submitted first. */

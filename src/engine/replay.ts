@@ -57,6 +57,8 @@ export function feedLog(
     else if (e.kind === 'lost') engine.workerLost(e.t, e.worker, e.reason);
     else if (e.kind === 'finish' && e.cancelled === true)
       engine.cancelStudy(e.t, e.study ?? engine.study.name);
+    else if (e.kind === 'pause') engine.pauseStudy(e.t, e.study);
+    else if (e.kind === 'resume') engine.resumeStudy(e.t, e.study);
   }
 }
 
@@ -138,6 +140,8 @@ export function accountLog(log: readonly LogEntry[], credit?: LogCredit): LogAcc
       case 'trialFailed':
       case 'finish':
       case 'submit':
+      case 'pause':
+      case 'resume':
         break;
     }
   }

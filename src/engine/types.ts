@@ -148,6 +148,12 @@ export type LogEntry =
       readonly cancelled?: true;
     }
   | {
+      /** A study was paused (`Engine.pauseStudy`) or resumed: inputs replay gives again. */
+      readonly t: number;
+      readonly kind: 'pause' | 'resume';
+      readonly study: string;
+    }
+  | {
       /** A study joined the engine (`Engine.submit`); its trials are `study/t1`, ... */
       readonly t: number;
       readonly kind: 'submit';

@@ -60,6 +60,8 @@ export class AttemptLog {
         case 'reuse':
         case 'finish':
         case 'submit':
+        case 'pause':
+        case 'resume':
           break;
       }
     }

@@ -1,12 +1,13 @@
 import { mkdtempSync, rmSync, statSync } from 'node:fs';
 import stringify from 'fast-json-stable-stringify';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import {
   describeError,
   EnvironmentError,
   ExecutorClosedError,
   IoError,
+  NotFoundError,
   ResumeError,
   StagetreeError,
   ValidationError,
@@ -97,6 +98,12 @@ export interface ExecutorOptions {
    * several studies).
    */
   readonly retain?: 'best' | 'all';
+  /**
+   * Resume the unfinished studies the store holds even when they are not given, from
+   * their stored JSON (the engine server stores trainer paths made absolute). Off: such
+   * a study is an error asking for its file.
+   */
+  readonly resumeStored?: boolean;
 }
 
 /** How a study ended on this executor. */
@@ -132,8 +139,8 @@ export interface ExecutorOutcome {
   readonly seconds: number;
   /** Stages marked done from checkpoints an earlier log left (`restart`). */
   readonly reused: number;
-  /** The engine options it ran with (what a replay of its log needs). */
-  readonly engineOptions: EngineOptions;
+  /** The engine options it ran with (what a replay of its log needs); null: it never ran. */
+  readonly engineOptions: EngineOptions | null;
 }
 
 /** Throws an `IoError` unless `db` can be a study store file (its folder is creatable). */
@@ -253,6 +260,7 @@ export class Executor {
   private readonly members = new Map<string, Member>();
   private readonly runtimes = new Map<string, (workerId: string) => WorkerCommand>();
   private readonly fingerprints = new Map<string, string>();
+  private readonly listeners: ((entries: readonly LogEntry[]) => void)[] = [];
   private closed: Promise<ExecutorOutcome> | null = null;
   private engineOptionsUsed: EngineOptions | null = null;
   private startedAt = 0;
@@ -285,7 +293,8 @@ export class Executor {
    * every trainer loads (and is the code its study started with).
    */
   static async open(options: ExecutorOptions, sources: readonly StudySource[]): Promise<Executor> {
-    if (sources.length === 0) throw new ValidationError('studies', 'at least one study', []);
+    if (sources.length === 0 && !options.stayOpen)
+      throw new ValidationError('studies', 'at least one study', []);
     const names = new Set<string>();
     for (const [i, s] of sources.entries()) {
       if (names.has(s.study.name)) {
@@ -354,7 +363,7 @@ export class Executor {
       const source = given.get(name);
       const status = store.status(name);
       const study = source?.study ?? storedStudy(store, name);
-      if (!source && !status.finished && !options.restart) {
+      if (!source && !status.finished && !options.restart && !options.resumeStored) {
         throw new ResumeError(
           `the store ${store.file} holds study ${name}, unfinished; give its study file too so ` +
             `that it can resume (its trainer is found from the file's folder)`,
@@ -362,7 +371,12 @@ export class Executor {
       }
       this.members.set(name, {
         study,
-        file: source?.file ?? null,
+        // A stored study resumed without its file: its trainer paths are absolute.
+        file:
+          source?.file ??
+          (options.resumeStored && !status.finished
+            ? join(dirname(store.file), `${name}.json`)
+            : null),
         resumed: before.has(name),
         settled: null,
         waiters: [],
@@ -380,10 +394,21 @@ export class Executor {
       this.fingerprints.set(name, this.loadTrainer(m.study, m.file, stored));
     }
     if (options.restart && store.eventCount() > 0) store.restartLog(wall());
+    // An engine server on an empty store starts its engine with the first study submitted.
+    if (this.members.size === 0) return;
+    await this.launch(options.restart ? [] : stored, given);
+  }
+
+  /** Makes the engine (replaying `log`), the pool and the execution, and begins. */
+  private async launch(
+    log: readonly LogEntry[],
+    given: ReadonlyMap<string, StudySource>,
+  ): Promise<void> {
+    const { store, options } = this;
+    const wall = (): number => Date.now() / 1000;
     const primary = [...this.members.values()][0] as Member;
     const engineOpts = this.engineOptions(primary.study);
     this.engineOptionsUsed = engineOpts;
-    const log = options.restart ? [] : stored;
     // After a restart, the states the archived log trained (and whose files are still
     // here) are offered: a stage that reaches one is marked done, not trained again.
     const offers = new Map<string, number>();
@@ -423,6 +448,7 @@ export class Executor {
         store.append(entries, wall());
         attempts.record(entries, wall());
         if (options.onEvent) for (const e of entries) options.onEvent(e, pool.pool);
+        for (const l of [...this.listeners]) l(entries);
       },
       onResult: (task, info) => attempts.report(task, info),
       onChange: () => this.settle(),
@@ -563,10 +589,10 @@ export class Executor {
    * Adds a study to the running executor (its trainer is checked first). A study of the
    * same trainer code and static params as another shares its stages.
    */
-  submit(source: StudySource): StudyHandle {
+  async submit(source: StudySource): Promise<StudyHandle> {
     const execution = this.execution;
     const name = source.study.name;
-    if (!execution || this.closed || execution.stopped) {
+    if (this.closed || execution?.stopped) {
       throw new ExecutorClosedError(name, 'the executor is closed');
     }
     if (!this.shared) {
@@ -579,7 +605,8 @@ export class Executor {
     if (this.members.has(name)) {
       throw new ValidationError('name', 'a study name not on this executor yet', name);
     }
-    const metric = execution.engine.study.metric.name;
+    const first = [...this.members.values()][0];
+    const metric = first?.study.metric.name ?? source.study.metric.name;
     if (source.study.metric.name !== metric) throw sameMetric(['metric', 'name'], metric, source);
     const wall = Date.now() / 1000;
     const created = this.store.initStudy(name, source.study, wall) === 'created';
@@ -596,13 +623,73 @@ export class Executor {
       cancelled: false,
       bestKey: null,
     });
-    execution.submit(
-      source.study,
-      createTuner(source.study),
-      source.priority !== undefined ? { priority: source.priority } : {},
-    );
+    if (execution) {
+      execution.submit(
+        source.study,
+        createTuner(source.study),
+        source.priority !== undefined ? { priority: source.priority } : {},
+      );
+    } else {
+      // The first study of an empty executor starts its engine.
+      await this.launch([], new Map([[name, source]]));
+    }
     this.settle();
     return this.handle(name);
+  }
+
+  /** Pauses a study: none of its stages starts until `resume`; what runs goes on to its end. */
+  pause(name: string): void {
+    this.requireMember(name);
+    this.execution?.pause(name);
+  }
+
+  /** Resumes a paused study. */
+  resume(name: string): void {
+    this.requireMember(name);
+    this.execution?.resume(name);
+  }
+
+  /** Where a study stands: running, paused, or how it ended. */
+  state(name: string): StudyEnd | 'running' | 'paused' {
+    const m = this.requireMember(name);
+    if (m.settled) return m.settled.end;
+    return this.execution?.engine.studyPaused(name) === true ? 'paused' : 'running';
+  }
+
+  /** Every new log entry, as it is stored; the returned function unsubscribes. */
+  subscribe(listener: (entries: readonly LogEntry[]) => void): () => void {
+    this.listeners.push(listener);
+    return () => {
+      const i = this.listeners.indexOf(listener);
+      if (i >= 0) this.listeners.splice(i, 1);
+    };
+  }
+
+  /** The store's view of a study (trials, best, GPU time, problem). */
+  status(name: string): StudyStatus {
+    this.requireMember(name);
+    return this.store.status(name);
+  }
+
+  /** Steps a study's own tasks trained and steps it reused (see `StudyOutcome`). */
+  steps(name: string): { readonly trained: number; readonly reused: number } {
+    const m = this.requireMember(name);
+    if (m.settled) return { trained: m.settled.stepsTrained, reused: m.settled.stepsReused };
+    const engine = this.execution?.engine;
+    if (!engine) return { trained: 0, reused: 0 };
+    const s = engine.sessionSteps().get(name === engine.study.name ? '' : name);
+    return { trained: s?.trained ?? 0, reused: s?.reused ?? 0 };
+  }
+
+  private requireMember(name: string): Member {
+    const m = this.members.get(name);
+    if (!m)
+      throw new NotFoundError(
+        'study',
+        name,
+        `the executor runs ${this.studyNames.join(', ') || 'no study'}`,
+      );
+    return m;
   }
 
   /** The handle of a study on this executor. */
@@ -709,7 +796,10 @@ export class Executor {
   private async shutdown(): Promise<ExecutorOutcome> {
     const execution = this.execution;
     try {
-      if (!execution) throw new ExecutorClosedError('-', 'the executor never started');
+      if (!execution) {
+        // An engine server that never got a study.
+        return { studies: [], stopped: null, seconds: 0, reused: 0, engineOptions: null };
+      }
       const open = this.studyNames.some((n) => this.members.get(n)?.settled === null);
       // An executor waiting for more studies, all of its own ended, closes without a stop.
       let idle = false;
@@ -727,7 +817,7 @@ export class Executor {
         stopped,
         seconds: performance.now() / 1000 - this.startedAt,
         reused: execution.engine.stats.stagesReused,
-        engineOptions: this.engineOptionsUsed as EngineOptions,
+        engineOptions: this.engineOptionsUsed,
       };
     } finally {
       try {

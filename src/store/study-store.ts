@@ -613,6 +613,8 @@ export class StudyStore {
       case 'finish':
         return entry.study === undefined ? primary : studyId(entry.study, `${where}.study`);
       case 'submit':
+      case 'pause':
+      case 'resume':
         return studyId(entry.study, `${where}.study`);
       case 'task':
       case 'done':
@@ -690,6 +692,8 @@ export class StudyStore {
       case 'lost':
       case 'finish':
       case 'submit':
+      case 'pause':
+      case 'resume':
         return;
     }
   }
@@ -1225,6 +1229,8 @@ const KIND_NAMES: Readonly<Record<LogEntry['kind'], true>> = {
   lost: true,
   trialFailed: true,
   finish: true,
+  pause: true,
+  resume: true,
 };
 const KINDS = new Set<string>(Object.keys(KIND_NAMES));
 
@@ -1300,10 +1306,17 @@ function checkEntry(entry: LogEntry, where: string): void {
       return;
     case 'finish':
       if (entry.study !== undefined) str('study', entry.study);
+      if (entry.cancelled !== undefined && (entry.cancelled as unknown) !== true) {
+        throw new ValidationError(`${where}.cancelled`, 'true or absent', entry.cancelled);
+      }
       return;
     case 'submit':
       str('study', entry.study);
       num('priority', entry.priority);
+      return;
+    case 'pause':
+    case 'resume':
+      str('study', entry.study);
       return;
     case 'task':
       if (entry.studies !== undefined) checkStudyNames(entry.studies, `${where}.studies`);

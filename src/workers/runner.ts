@@ -234,6 +234,20 @@ export class Execution {
     this.check();
   }
 
+  /** Pauses a study (see `Engine.pauseStudy`). */
+  pause(name: string): void {
+    if (this.stoppedWhy) return;
+    this.apply(this.engine.pauseStudy(this.now(), name));
+    this.check();
+  }
+
+  /** Resumes a paused study (see `Engine.resumeStudy`). */
+  resume(name: string): void {
+    if (this.stoppedWhy) return;
+    this.apply(this.engine.resumeStudy(this.now(), name));
+    this.check();
+  }
+
   /** Stops the execution now: no new work; `close` then stops the workers. */
   stop(why: RunStop): void {
     if (this.stoppedWhy) return;

@@ -90,8 +90,8 @@ describe('one executor, several studies (real worker processes)', () => {
           // About a third of weekA is trained: the next week's study and other code arrive.
           submitted = true;
           setImmediate(() => {
-            executor.submit({ study: b, file: files[1] as string });
-            executor.submit({ study: c, file: files[2] as string });
+            void executor.submit({ study: b, file: files[1] as string });
+            void executor.submit({ study: c, file: files[2] as string });
           });
         },
       },

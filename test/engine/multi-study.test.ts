@@ -162,6 +162,61 @@ describe('several studies on one engine (simulation)', () => {
     expect(again.firstDifference).toBeNull();
   });
 
+  it('a paused study starts nothing until resumed, loses nothing, and replays', () => {
+    const m = simulateStudies([
+      { study: a, at: 0 },
+      { study: b, at: 0 },
+    ]).makespanSeconds;
+    const pauseAt = 0.3 * m;
+    const resumeAt = 0.7 * m;
+    const joint = simulateStudies([
+      { study: a, at: 0 },
+      { study: b, at: 0, pauseAt, resumeAt },
+    ]);
+    expect(joint.log.filter((e) => e.kind === 'pause' || e.kind === 'resume')).toEqual([
+      { t: pauseAt, kind: 'pause', study: 'week2' },
+      { t: resumeAt, kind: 'resume', study: 'week2' },
+    ]);
+    // While paused, every task started is one week1 demands.
+    let during = 0;
+    for (const e of joint.log) {
+      if (e.kind !== 'task' || e.t < pauseAt || e.t >= resumeAt) continue;
+      expect(e.studies ?? ['week1']).toContain('week1');
+      during++;
+    }
+    expect(during).toBeGreaterThan(0);
+    // week2-only stages start again after the resume; both finish, every trial exact.
+    const week2Only = joint.log.filter(
+      (e) => e.kind === 'task' && e.t >= resumeAt && (e.studies ?? []).every((x) => x === 'week2'),
+    );
+    expect(week2Only.length).toBeGreaterThan(0);
+    expect(joint.log.filter((e) => e.kind === 'finish')).toHaveLength(2);
+    expect(
+      joint.log.some((e) => e.kind === 'finish' && e.t < resumeAt && e.study === 'week2'),
+    ).toBe(false);
+    expect(checkAlone(joint.log, 'max')).toBe(6 * 4 + 9 * 4);
+    const again = replay(
+      a,
+      joint.log,
+      createTuner(a),
+      { ...engineOptions(a, ExecutionMode.stageTree), identity: trainerIdentity, studyCaps: true },
+      () => ({ study: b, tuner: createTuner(b) }),
+    );
+    expect(again.firstDifference).toBeNull();
+  });
+
+  it('one study paused alone: the engine waits, then goes on where it stopped', () => {
+    const alone = simulate(a, ExecutionMode.stageTree);
+    const pauseAt = 0.4 * alone.makespanSeconds;
+    const r = simulateStudies([{ study: a, at: 0, pauseAt, resumeAt: pauseAt + 1000 }]);
+    expect(r.log.filter((e) => e.kind === 'task' && e.t > pauseAt && e.t < pauseAt + 1000)).toEqual(
+      [],
+    );
+    expect(checkAlone(r.log, 'max')).toBe(6 * 4);
+    // The same work as without the pause: nothing was lost or trained twice.
+    expect(r.stats.stepsTrained).toBe(alone.stats.stepsTrained);
+  });
+
   it('shares nothing between studies whose trainers differ', () => {
     const other = week('other-code', [20, 30], {
       trainer: {

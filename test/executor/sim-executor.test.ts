@@ -84,7 +84,7 @@ describe('the executor, in process, on the simulated pool', () => {
         onEvent: (e) => {
           if (e.kind !== 'done' || submitted || ++done < 3) return;
           submitted = true;
-          setImmediate(() => executor.submit({ study: b, file: join(dir, 'b.json') }));
+          setImmediate(() => void executor.submit({ study: b, file: join(dir, 'b.json') }));
         },
       },
       [{ study: a, file: join(dir, 'a.json') }],
@@ -114,7 +114,7 @@ describe('the executor, in process, on the simulated pool', () => {
       store.close();
     }
     // A closed executor takes no study.
-    expect(() => executor.submit({ study: week('late', [20]), file: 'late.json' })).toThrow(
+    await expect(executor.submit({ study: week('late', [20]), file: 'late.json' })).rejects.toThrow(
       ExecutorClosedError,
     );
   });

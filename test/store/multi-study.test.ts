@@ -47,6 +47,8 @@ function owner(e: LogEntry): string | null | undefined {
     case 'finish':
       return e.study ?? null;
     case 'submit':
+    case 'pause':
+    case 'resume':
       return e.study;
     case 'task':
     case 'done':

@@ -95,6 +95,9 @@ export interface Submission {
   readonly priority?: number;
   /** Virtual seconds at which it is cancelled (`Engine.cancelStudy`), if ever. */
   readonly cancelAt?: number;
+  /** Virtual seconds at which it is paused and resumed (`Engine.pauseStudy`), if ever. */
+  readonly pauseAt?: number;
+  readonly resumeAt?: number;
 }
 
 /** The identity of a study's trainer, for the merge key when several studies share an engine. */
@@ -150,13 +153,19 @@ export function simulateStudies(
     }
   };
 
-  // Submissions and cancellations, in time order (a submission first at equal times).
+  // Submissions, pauses, resumes and cancellations, in time order (in that order at equal times).
+  const ORDER = { submit: 0, pause: 1, resume: 2, cancel: 3 } as const;
+  type Outside = { at: number; sub: Submission; what: keyof typeof ORDER };
+  const at = (sub: Submission, what: keyof typeof ORDER, t: number | undefined): Outside[] =>
+    t === undefined ? [] : [{ at: t, sub, what }];
   const outside = [
-    ...rest.map((sub) => ({ at: sub.at, sub, cancel: false })),
-    ...submissions.flatMap((sub) =>
-      sub.cancelAt === undefined ? [] : [{ at: sub.cancelAt, sub, cancel: true }],
-    ),
-  ].sort((x, y) => x.at - y.at || Number(x.cancel) - Number(y.cancel));
+    ...rest.flatMap((sub) => at(sub, 'submit', sub.at)),
+    ...submissions.flatMap((sub) => [
+      ...at(sub, 'pause', sub.pauseAt),
+      ...at(sub, 'resume', sub.resumeAt),
+      ...at(sub, 'cancel', sub.cancelAt),
+    ]),
+  ].sort((x, y) => x.at - y.at || ORDER[x.what] - ORDER[y.what]);
   apply(engine.start(now));
   let next = 0;
   for (;;) {
@@ -166,13 +175,25 @@ export function simulateStudies(
       next++;
       now = Math.max(now, o.at);
       const { sub } = o;
-      apply(
-        o.cancel
-          ? engine.cancelStudy(now, sub.study.name)
-          : engine.submit(now, sub.study, sub.tuner ?? createTuner(sub.study), {
+      const name = sub.study.name;
+      switch (o.what) {
+        case 'submit':
+          apply(
+            engine.submit(now, sub.study, sub.tuner ?? createTuner(sub.study), {
               priority: sub.priority ?? 1,
             }),
-      );
+          );
+          break;
+        case 'pause':
+          apply(engine.pauseStudy(now, name));
+          break;
+        case 'resume':
+          apply(engine.resumeStudy(now, name));
+          break;
+        case 'cancel':
+          apply(engine.cancelStudy(now, name));
+          break;
+      }
       continue;
     }
     const ev = heap.pop();
