@@ -25,6 +25,14 @@ export const ErrorCode = {
    * than a GPU holds, or there are no GPUs. Engine options that `parseStudy` would refuse.
    */
   resourceFit: 'STAGETREE_RESOURCE_FIT',
+  /** A setup that would expose the engine or its token (no token off loopback, a token in clear). */
+  insecure: 'STAGETREE_INSECURE',
+  /** The engine service refused the call's credentials (`EngineAuthError`). */
+  unauthenticated: 'STAGETREE_UNAUTHENTICATED',
+  /** The engine service cannot be reached (`EngineUnavailableError`). */
+  unavailable: 'STAGETREE_UNAVAILABLE',
+  /** The engine service failed a call or answered something malformed. */
+  remote: 'STAGETREE_REMOTE',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 
@@ -355,4 +363,114 @@ export function describeError(e: unknown): string {
     // not serialisable: fall through
   }
   return `${typeof e} thrown: ${String(e)}`;
+}
+
+// ------------------------------------------------------------------ the engine service
+
+/**
+ * `stagetree serve` asked to listen on an address other hosts can reach without a token:
+ * anything but loopback (127.0.0.0/8, ::1, localhost) needs one.
+ */
+export class TokenRequiredError extends StagetreeError {
+  readonly address: string;
+
+  constructor(address: string) {
+    super(
+      ErrorCode.insecure,
+      `refusing to serve on ${address} without a token: an address other than loopback ` +
+        `(127.0.0.0/8, ::1, localhost) needs one; set a token, or listen on 127.0.0.1`,
+    );
+    this.address = address;
+  }
+}
+
+/** A client asked to send its token in clear text to an engine on another host. */
+export class PlaintextTokenError extends StagetreeError {
+  readonly address: string;
+
+  constructor(address: string) {
+    super(
+      ErrorCode.insecure,
+      `refusing to send the token to ${address} without TLS: give the engine's CA ` +
+        `certificate, or dial a loopback address`,
+    );
+    this.address = address;
+  }
+}
+
+/** The engine at `address` refused the call's credentials (no token, or the wrong one). */
+export class EngineAuthError extends StagetreeError {
+  readonly address: string;
+
+  constructor(address: string, detail: string) {
+    super(
+      ErrorCode.unauthenticated,
+      `the engine at ${address} refused the call: ${detail}; give the token it was started with`,
+    );
+    this.address = address;
+  }
+}
+
+/** The engine at `address` cannot be reached: not running, another address, TLS mismatch, no answer. */
+export class EngineUnavailableError extends StagetreeError {
+  readonly address: string;
+
+  constructor(address: string, detail: string) {
+    super(ErrorCode.unavailable, `cannot reach the engine at ${address}: ${detail}`);
+    this.address = address;
+  }
+}
+
+/**
+ * The engine refused a request as malformed (INVALID_ARGUMENT). The message is the
+ * engine's and names the field (`studyJson: expected ..., got ...`).
+ */
+export class InvalidRequestError extends StagetreeError {
+  readonly address: string;
+
+  constructor(address: string, message: string) {
+    super(ErrorCode.validation, message);
+    this.address = address;
+  }
+}
+
+/** The engine refused an operation the study's state forbids (FAILED_PRECONDITION); its message. */
+export class EngineConflictError extends ConflictError {
+  readonly address: string;
+
+  constructor(address: string, message: string) {
+    super(message);
+    this.address = address;
+  }
+}
+
+/**
+ * A call to the engine failed for another reason; `status` is the gRPC status name
+ * (INTERNAL, RESOURCE_EXHAUSTED for a watcher that read too slowly, ...).
+ */
+export class EngineCallError extends StagetreeError {
+  readonly address: string;
+  readonly status: string;
+
+  constructor(address: string, status: string, detail: string) {
+    super(ErrorCode.remote, `the engine at ${address} failed the call (${status}): ${detail}`);
+    this.address = address;
+    this.status = status;
+  }
+}
+
+/** The engine answered something malformed; `cause` is the ValidationError naming the field. */
+export class MalformedAnswerError extends StagetreeError {
+  readonly address: string;
+
+  constructor(address: string, problem: ValidationError) {
+    super(
+      ErrorCode.remote,
+      `the engine at ${address} sent a malformed answer: ${problem.message}`,
+      {
+        cause: problem,
+      },
+    );
+    this.address = address;
+  }
 }
