@@ -6,6 +6,7 @@ import { planStudy, renderPlan, renderSimulation, simulateStudy } from '../repor
 import { StudyStore } from '../store/index.js';
 import type { StudyStatus } from '../store/index.js';
 import { parseStudy } from '../study/index.js';
+import { addRemoteCommands } from './remote.js';
 import { defaultPaths, runStudies, runStudy } from './run.js';
 import type { RunStudiesOutcome } from './run.js';
 import type { StudySource } from '../executor/index.js';
@@ -253,6 +254,8 @@ function program(io: Io, exit: Exit): Command {
         io.out(texts.join('\n'));
       },
     );
+
+  addRemoteCommands(cli, io, exit);
 
   cli
     .command('status')

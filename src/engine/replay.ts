@@ -147,3 +147,35 @@ export function accountLog(log: readonly LogEntry[], credit?: LogCredit): LogAcc
   }
   return { gpuSeconds, makespanSeconds: end, tasks, cancelled, wasted };
 }
+
+/**
+ * The study (by name) a log entry belongs to: a trial's by its id (`NAME/tN`; a plain
+ * `tN` is `primary`'s, the engine's first study), `submit` / `pause` / `resume` /
+ * `finish` by their field; null for the executor's own entries (tasks and their ends).
+ */
+export function entryStudy(e: LogEntry, primary: string): string | null {
+  switch (e.kind) {
+    case 'propose':
+    case 'fork':
+    case 'extend':
+    case 'stop':
+    case 'metric':
+    case 'trialFailed': {
+      const i = e.trial.indexOf('/');
+      return i < 0 ? primary : e.trial.slice(0, i);
+    }
+    case 'finish':
+      return e.study ?? primary;
+    case 'submit':
+    case 'pause':
+    case 'resume':
+      return e.study;
+    case 'task':
+    case 'done':
+    case 'cancel':
+    case 'fail':
+    case 'lost':
+    case 'reuse':
+      return null;
+  }
+}

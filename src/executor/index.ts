@@ -14,3 +14,4 @@ export type {
 export { AttemptLog } from './attempts.js';
 export { checkTrainer, defaultPaths, gpusPresent, workerCommand } from './local.js';
 export type { RunPaths } from './local.js';
+export { anchorStudy, ExecutorService, StudyExistsError } from './service.js';

@@ -3,12 +3,20 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import type { LogEntry } from '../../src/engine/index.js';
 import { Executor } from '../../src/executor/index.js';
 import type { StudyOutcome } from '../../src/executor/index.js';
 import { parseStudy } from '../../src/study/index.js';
 import type { Study } from '../../src/study/index.js';
-import { alone, fromStore, quiet, ROOT, storedLog, studyJson } from '../support/real-run.js';
+import {
+  alone,
+  fromStore,
+  quiet,
+  ROOT,
+  storedLog,
+  studyJson,
+  studyMetrics,
+  trainedStages,
+} from '../support/real-run.js';
 
 /**
  * One executor, several studies, real worker processes: studies of the same trainer
@@ -39,33 +47,6 @@ function week(name: string, milestones: number[], extra: Record<string, unknown>
     ...base,
     space: { ...space, lr: { ...space.lr, milestones: [{ choice: milestones }] } },
   };
-}
-
-/** Every trial's metrics a study stored, by `trial@step` with the study's trial prefix removed. */
-function metricsOf(db: string, name: string): Map<string, number> {
-  return fromStore(
-    db,
-    (s) =>
-      new Map(
-        s.metrics().flatMap((m) => {
-          const [prefix, id] = m.trial.includes('/') ? m.trial.split('/') : ['', m.trial];
-          return (prefix === '' ? s.studyNames()[0] : prefix) === name
-            ? [[`${id}@${m.step}`, m.value] as [string, number]]
-            : [];
-        }),
-      ),
-  );
-}
-
-/** The demanded stage each done task trained (its last run), in order. */
-function trainedStages(log: readonly LogEntry[]): string[] {
-  const last = new Map<number, string>();
-  const out: string[] = [];
-  for (const e of log) {
-    if (e.kind === 'task') last.set(e.task.id, e.task.runs[e.task.runs.length - 1]?.stage ?? '');
-    if (e.kind === 'done') out.push(last.get(e.task) ?? '');
-  }
-  return out;
 }
 
 describe('one executor, several studies (real worker processes)', () => {
@@ -108,7 +89,7 @@ describe('one executor, several studies (real worker processes)', () => {
     let compared = 0;
     for (const st of [a, b, c]) {
       const expected = await alone(st);
-      expect(metricsOf(db, st.name)).toEqual(expected);
+      expect(studyMetrics(db, st.name)).toEqual(expected);
       compared += expected.size;
     }
     expect(compared).toBe(4 * 4 + 6 * 4 + 4 * 4);
@@ -166,7 +147,7 @@ describe('one executor, several studies (real worker processes)', () => {
       expect.objectContaining({ study: 'drop', cancelled: true }),
     );
     expect(fromStore(db, (s) => s.unfinished())).toEqual([]);
-    expect(metricsOf(db, 'keep')).toEqual(await alone(keep));
+    expect(studyMetrics(db, 'keep')).toEqual(await alone(keep));
 
     // Opened again, both are reported as they ended, and the log gains nothing.
     const count = log.length;
@@ -246,6 +227,6 @@ describe('one executor, several studies (real worker processes)', () => {
     }
     expect(restarted).toBe(true);
     expect(checked).toBeGreaterThan(0);
-    for (const st of parsed) expect(metricsOf(db, st.name)).toEqual(await alone(st));
+    for (const st of parsed) expect(studyMetrics(db, st.name)).toEqual(await alone(st));
   });
 });

@@ -197,6 +197,8 @@ class V3Store {
       case 'lost':
       case 'finish':
       case 'submit':
+      case 'pause':
+      case 'resume':
         return;
     }
   }

@@ -83,6 +83,34 @@ export const storedMetrics = (db: string): Map<string, number> =>
 
 export const storedLog = (db: string): LogEntry[] => fromStore(db, (s) => s.events());
 
+/** One study's stored metrics, by `trial@step` with the study's trial prefix (`NAME/`) removed. */
+export function studyMetrics(db: string, name: string): Map<string, number> {
+  return fromStore(
+    db,
+    (s) =>
+      new Map(
+        s.metrics({ study: name }).map((m) => {
+          const i = m.trial.indexOf('/');
+          return [`${i < 0 ? m.trial : m.trial.slice(i + 1)}@${m.step}`, m.value] as [
+            string,
+            number,
+          ];
+        }),
+      ),
+  );
+}
+
+/** The demanded stage each done task trained (its last run), in log order. */
+export function trainedStages(log: readonly LogEntry[]): string[] {
+  const last = new Map<number, string>();
+  const out: string[] = [];
+  for (const e of log) {
+    if (e.kind === 'task') last.set(e.task.id, e.task.runs[e.task.runs.length - 1]?.stage ?? '');
+    if (e.kind === 'done') out.push(last.get(e.task) ?? '');
+  }
+  return out;
+}
+
 /** Runs a study for real twice, as a stage tree and trial by trial, in a fresh directory. */
 export async function runBothModes(
   file: string,
