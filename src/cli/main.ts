@@ -1,11 +1,12 @@
 import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { Command, CommanderError, InvalidArgumentError } from 'commander';
+import { Command, CommanderError } from 'commander';
 import { EnvironmentError, ErrorCode, InternalError, StagetreeError } from '../errors.js';
 import { planStudy, renderPlan, renderSimulation, simulateStudy } from '../report/index.js';
 import { StudyStore } from '../store/index.js';
 import type { StudyStatus } from '../store/index.js';
 import { parseStudy } from '../study/index.js';
+import { positiveInt, retainChoice } from './args.js';
 import { addRemoteCommands } from './remote.js';
 import { defaultPaths, runStudies, runStudy } from './run.js';
 import type { RunStudiesOutcome } from './run.js';
@@ -60,21 +61,6 @@ function withFile<T>(file: string, fn: () => T): T {
       throw new StudyFileError(file, e.message, e);
     throw e;
   }
-}
-
-function positiveInt(value: string): number {
-  const n = Number(value);
-  if (!Number.isSafeInteger(n) || n < 1) {
-    throw new InvalidArgumentError(`expected an integer >= 1, got ${value}`);
-  }
-  return n;
-}
-
-function retainChoice(value: string): 'best' | 'all' {
-  if (value !== 'best' && value !== 'all') {
-    throw new InvalidArgumentError(`expected "best" or "all", got ${value}`);
-  }
-  return value;
 }
 
 export interface Io {

@@ -2,11 +2,12 @@ import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import type { Command } from 'commander';
-import { InvalidArgumentError } from 'commander';
+import { positiveInt, positiveNumber, retainChoice } from './args.js';
 import { IoError, ValidationError } from '../errors.js';
 import { Executor, ExecutorService } from '../executor/index.js';
 import { connectEngine, startEngineServer } from '../rpc/index.js';
 import type { EngineClient, StudyEvent, StudyInfo } from '../rpc/index.js';
+import { RemoteStudy } from '../sdk/client.js';
 
 /** Where `submit`, `watch`, ... find the engine when `--server` is not given. */
 export const DEFAULT_SERVER = '127.0.0.1:7700';
@@ -33,21 +34,6 @@ function readToken(file: string): string {
   const token = readSecretFile(file, 'token file').toString('utf8').trim();
   if (token === '') throw new ValidationError('--token-file', 'a file holding a token', '');
   return token;
-}
-
-function positiveInt(value: string): number {
-  const n = Number(value);
-  if (!Number.isSafeInteger(n) || n < 1) {
-    throw new InvalidArgumentError(`expected an integer >= 1, got ${value}`);
-  }
-  return n;
-}
-
-function positiveNumber(value: string): number {
-  const n = Number(value);
-  if (!Number.isFinite(n) || n <= 0)
-    throw new InvalidArgumentError(`expected a number > 0, got ${value}`);
-  return n;
 }
 
 interface ClientOptions {
@@ -106,8 +92,6 @@ function renderEvent(e: StudyEvent): string {
   }
 }
 
-const ENDED = new Set(['finished', 'cancelled', 'stopped']);
-
 /** Whether a study's end is a failure a script should see: stopped, cancelled, or every trial failed. */
 function failed(s: StudyInfo): boolean {
   return (
@@ -117,18 +101,13 @@ function failed(s: StudyInfo): boolean {
   );
 }
 
-/** Follows a study's events until it ends; returns its final info. */
+/** Follows a study's events until it ends (`RemoteStudy.events`); returns its final info. */
 async function follow(
   engine: EngineClient,
   id: string,
   onEvent: (e: StudyEvent) => void,
 ): Promise<StudyInfo> {
-  const first = await engine.get(id);
-  if (ENDED.has(first.state)) return first;
-  for await (const e of engine.watch(id)) {
-    onEvent(e);
-    if (e.kind === 'state' && ENDED.has(e.state)) break;
-  }
+  for await (const e of new RemoteStudy(engine, id).events()) onEvent(e);
   return engine.get(id);
 }
 
@@ -146,11 +125,7 @@ export function addRemoteCommands(cli: Command, io: RemoteIo, exit: { code: numb
     .option(
       '--retain <which>',
       'checkpoints kept after studies end: all (for later studies to reuse; default) or best',
-      (v: string) => {
-        if (v !== 'best' && v !== 'all')
-          throw new InvalidArgumentError(`expected "best" or "all", got ${v}`);
-        return v;
-      },
+      retainChoice,
       'all',
     )
     .action(

@@ -12,7 +12,7 @@ import {
   StagetreeError,
   ValidationError,
 } from '../errors.js';
-import { Engine, ExecutionMode, replay } from '../engine/index.js';
+import { Engine, entryStudy, ExecutionMode, replay } from '../engine/index.js';
 import type { EngineOptions, LogEntry, SubmitOptions } from '../engine/index.js';
 import { startWorkerHub } from '../rpc/index.js';
 import { CheckpointStore, StudyStore } from '../store/index.js';
@@ -358,12 +358,19 @@ export class Executor {
     const { store, options } = this;
     const wall = (): number => Date.now() / 1000;
     const given = new Map(sources.map((s) => [s.study.name, s]));
+    const names = store.studyNames();
+    const unfinished = new Set(store.unfinished());
+    const cancelled = new Set(
+      stored.flatMap((e) =>
+        e.kind === 'finish' && e.cancelled === true ? [entryStudy(e, names[0] ?? '')] : [],
+      ),
+    );
     // Every study of the store joins: the given ones from their files, the others from the store.
-    for (const name of store.studyNames()) {
+    for (const name of names) {
       const source = given.get(name);
-      const status = store.status(name);
+      const finished = !unfinished.has(name);
       const study = source?.study ?? storedStudy(store, name);
-      if (!source && !status.finished && !options.restart && !options.resumeStored) {
+      if (!source && !finished && !options.restart && !options.resumeStored) {
         throw new ResumeError(
           `the store ${store.file} holds study ${name}, unfinished; give its study file too so ` +
             `that it can resume (its trainer is found from the file's folder)`,
@@ -374,20 +381,18 @@ export class Executor {
         // A stored study resumed without its file: its trainer paths are absolute.
         file:
           source?.file ??
-          (options.resumeStored && !status.finished
-            ? join(dirname(store.file), `${name}.json`)
-            : null),
+          (options.resumeStored && !finished ? join(dirname(store.file), `${name}.json`) : null),
         resumed: before.has(name),
         settled: null,
         waiters: [],
-        cancelled: store.events(name).some((e) => e.kind === 'finish' && e.cancelled === true),
+        cancelled: cancelled.has(name),
         bestKey: null,
       });
     }
     // Trainers: each unfinished study's must load and be the code its log was made with.
     for (const [name, m] of this.members) {
       const stored = store.trainerFingerprint(name);
-      if (m.file === null || (store.status(name).finished && !options.restart)) {
+      if (m.file === null || (!unfinished.has(name) && !options.restart)) {
         if (stored !== null) this.fingerprints.set(name, stored);
         continue;
       }
@@ -734,7 +739,6 @@ export class Executor {
       steps ??= engine.sessionSteps();
       const session = name === engine.study.name ? '' : name;
       const s = steps.get(session);
-      const status = this.store.status(name);
       const end: StudyEnd = finished ? (m.cancelled ? 'cancelled' : 'finished') : 'stopped';
       if (end === 'stopped' && stopped) {
         const why =
@@ -743,11 +747,12 @@ export class Executor {
             : `${stopped.message}; fix it and run again to resume`;
         this.store.setProblem(why, Date.now() / 1000, name);
       }
+      const status = this.store.status(name);
       m.bestKey = this.bestKey(engine, m.study, status);
       m.settled = {
         name,
         end,
-        status: end === 'stopped' ? this.store.status(name) : status,
+        status,
         resumed: m.resumed,
         stepsTrained: s?.trained ?? 0,
         stepsReused: s?.reused ?? 0,
@@ -758,7 +763,7 @@ export class Executor {
   }
 
   private isFinished(engine: Engine, name: string): boolean {
-    if (engine.studyNamed(name) === undefined) return this.store.status(name).finished;
+    if (engine.studyNamed(name) === undefined) return !this.store.unfinished().includes(name);
     return engine.sessionFinished(name === engine.study.name ? '' : name);
   }
 

@@ -1,5 +1,5 @@
 import { join, resolve } from 'node:path';
-import { Executor } from '../executor/index.js';
+import { defaultPaths, Executor } from '../executor/index.js';
 import type { ExecutorOutcome, StudyOutcome } from '../executor/index.js';
 import { parseStudy } from '../study/index.js';
 import type { Study } from '../study/index.js';
@@ -30,16 +30,21 @@ export async function runStudy(
 ): Promise<StudyOutcome & { readonly executor: Omit<ExecutorOutcome, 'studies'> }> {
   const parsed: Study = parseStudy(study);
   const base = resolve(options.baseDir ?? process.cwd());
-  const slug = parsed.name.replace(/[^A-Za-z0-9._-]+/g, '_');
+  // As if the study were a file in `base`: the store and checkpoints go in base/.stagetree.
+  const file = join(base, `${parsed.name}.json`);
+  const paths = defaultPaths(file, parsed, {
+    ...(options.db !== undefined ? { db: options.db } : {}),
+    ...(options.checkpoints !== undefined ? { checkpoints: options.checkpoints } : {}),
+  });
   const executor = await Executor.open(
     {
-      db: options.db ?? join(base, '.stagetree', `${slug}.db`),
-      checkpoints: options.checkpoints ?? join(base, '.stagetree', `${slug}-checkpoints`),
+      db: paths.db,
+      checkpoints: paths.checkpoints,
       ...(options.workers !== undefined ? { workers: options.workers } : {}),
       ...(options.signal ? { signal: options.signal } : {}),
       ...(options.log ? { log: options.log } : {}),
     },
-    [{ study: parsed, file: join(base, `${slug}.json`) }],
+    [{ study: parsed, file }],
   );
   const { studies, ...rest } = await executor.finish();
   return { ...(studies[0] as StudyOutcome), executor: rest };
