@@ -1,2 +1,2 @@
-export { PHASES, WorkerAgent } from './runtime.js';
+export { CHUNK_SECONDS, CHUNK_SECONDS_ENV, chunkSteps, PHASES, WorkerAgent } from './runtime.js';
 export type { AgentOptions, CheckpointIO } from './runtime.js';

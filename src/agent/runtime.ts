@@ -28,6 +28,8 @@ export interface AgentOptions {
   readonly startedAt?: number;
   /** Proof that the engine started this worker (STAGETREE_WORKER_SECRET), sent in Register. */
   readonly secret: string;
+  /** Seconds a chunk of training aims at (default `CHUNK_SECONDS`). */
+  readonly chunkSeconds?: number;
   /**
    * Heart-beats sent by someone the trainer cannot block (the worker's link thread);
    * the agent then only publishes the task it runs. Default: the agent heart-beats
@@ -61,6 +63,30 @@ class WorkerMismatch extends Error {}
  * train(), evaluate(). The same keys as the Python runtime's.
  */
 export const PHASES = ['start', 'init', 'load', 'save', 'train', 'evaluate'] as const;
+
+/**
+ * A task's runs are trained in chunks of about this many seconds (one `train()` call
+ * each, sized by the pace of the task's last chunk; a task's first chunk is one step):
+ * the points where progress is reported and a `cut` can stop a task (a paused study's
+ * stage stops within about this long). Long enough that a trainer's per-call cost
+ * (a data loader's start, say) stays small. `STAGETREE_CHUNK_SECONDS` sets it for a
+ * worker; the Python runtime's is the same.
+ */
+export const CHUNK_SECONDS = 10;
+
+/** The environment variable that sets a worker's chunk length in seconds. */
+export const CHUNK_SECONDS_ENV = 'STAGETREE_CHUNK_SECONDS';
+
+/** The steps of the next chunk, at `secondsPerStep` (null: not measured yet). */
+export function chunkSteps(
+  secondsPerStep: number | null,
+  left: number,
+  chunkSeconds = CHUNK_SECONDS,
+): number {
+  if (secondsPerStep === null) return Math.min(1, left);
+  if (secondsPerStep <= 0) return left;
+  return Math.min(left, Math.max(1, Math.floor(chunkSeconds / secondsPerStep)));
+}
 
 /** The state the trainer holds in memory. */
 interface Held {
@@ -122,6 +148,10 @@ export class WorkerAgent {
   private io: CheckpointIO | null = null;
   private running: number | null = null;
   private cancelled = new Set<number>();
+  /** Tasks the engine asked to cut short (`cut`), until they end. */
+  private cuts = new Set<number>();
+  /** A cut task waiting for its `saveCut`: the key, or null when it was cancelled instead. */
+  private awaitingSave: { taskId: number; answer: (key: string | null) => void } | null = null;
   private queue: Promise<void> = Promise.resolve();
   private heartbeat: ReturnType<typeof setInterval> | null = null;
   /** Seconds from the process start to the Welcome, reported with the first task. */
@@ -189,9 +219,18 @@ export class WorkerAgent {
         return;
       case 'cancel':
         this.cancelled.add(m.taskId);
+        if (this.awaitingSave?.taskId === m.taskId) this.awaitingSave.answer(null);
+        return;
+      case 'cut':
+        this.cuts.add(m.taskId);
+        return;
+      case 'saveCut':
+        // Ignored unless that task waits for it (a late or stray answer changes nothing).
+        if (this.awaitingSave?.taskId === m.taskId) this.awaitingSave.answer(m.key);
         return;
       case 'shutdown':
         this.stopHeartbeat();
+        this.awaitingSave?.answer(null);
         void this.queue.then(() => {
           this.link.close();
           resolve(0);
@@ -210,6 +249,7 @@ export class WorkerAgent {
     if (this.cancelled.has(task.taskId)) {
       // Cancelled before it started: "cancelled" always leaves the worker holding nothing.
       this.cancelled.delete(task.taskId);
+      this.cuts.delete(task.taskId);
       this.dropState();
       return;
     }
@@ -295,7 +335,9 @@ export class WorkerAgent {
         this.held = { params, step: 0, keys: new Set() };
       }
       const held = this.held as Held;
-      for (const run of task.runs) {
+      let cutKey: string | null = null;
+      let pace: number | null = null; // seconds per step of the task's last chunk
+      for (const [k, run] of task.runs.entries()) {
         if (held.step !== null && run.start !== held.step)
           throw new WorkerMismatch(
             `stage ${run.stage} starts at step ${run.start}, but the state is at step ${held.step}`,
@@ -309,17 +351,37 @@ export class WorkerAgent {
           return out;
         };
         held.keys.clear(); // training changes the state
-        held.step = null;
-        await timed('train', () => trainer.train(run.start, run.end, hp, signal));
-        if (isCancelled()) throw new Cancelled();
-        held.step = run.end;
-        this.link.send({ kind: 'progress', taskId: task.taskId, step: run.end });
+        for (let at = run.start; at < run.end;) {
+          const to: number = at + chunkSteps(pace, run.end - at, this.options.chunkSeconds);
+          held.step = null;
+          const before = seconds.train ?? 0;
+          await timed('train', () => trainer.train(at, to, hp, signal));
+          pace = ((seconds.train ?? 0) - before) / (to - at);
+          if (isCancelled()) throw new Cancelled();
+          held.step = to;
+          at = to;
+          this.link.send({ kind: 'progress', taskId: task.taskId, step: to });
+          // Let messages in (a synchronous trainer gives the event loop no turn).
+          await new Promise<void>((r) => setImmediate(r));
+          if (isCancelled()) throw new Cancelled();
+          if (k === task.runs.length - 1 && to < run.end && this.cuts.has(task.taskId)) {
+            cutKey = await this.cutAt(task.taskId, to);
+            if (cutKey === null) throw new Cancelled();
+            break;
+          }
+        }
       }
-      if (task.saveAfter !== null) {
-        await timed('save', () => save(task.saveAfter as string, io, trainer));
-        held.keys.add(task.saveAfter);
+      if (cutKey !== null) {
+        // Cut short: the task now ends here, saved under the engine's key.
+        await timed('save', () => save(cutKey, io, trainer));
+        held.keys.add(cutKey);
+      } else {
+        if (task.saveAfter !== null) {
+          await timed('save', () => save(task.saveAfter as string, io, trainer));
+          held.keys.add(task.saveAfter);
+        }
+        held.keys.add(task.endKey);
       }
-      held.keys.add(task.endKey);
       const metrics = await timed('evaluate', () => trainer.evaluate());
       // A cancel that came while saving or evaluating: the engine has moved on.
       if (isCancelled()) {
@@ -354,7 +416,22 @@ export class WorkerAgent {
       this.running = null;
       this.options.heartbeats?.setRunning(null);
       this.cancelled.delete(task.taskId);
+      this.cuts.delete(task.taskId);
     }
+  }
+
+  /** Tells the engine the task stopped at `step`; resolves with the key to save it under. */
+  private cutAt(taskId: number, step: number): Promise<string | null> {
+    return new Promise((resolve) => {
+      this.awaitingSave = {
+        taskId,
+        answer: (key) => {
+          this.awaitingSave = null;
+          resolve(key);
+        },
+      };
+      this.link.send({ kind: 'cutAt', taskId, step });
+    });
   }
 
   private async init(

@@ -74,6 +74,8 @@ link.onMessage((message) => {
       );
       break;
     case 'run':
+    case 'cut':
+    case 'saveCut':
       break;
   }
   port.postMessage({ type: 'message', message } satisfies FromLink);

@@ -20,7 +20,7 @@ import { createRequire } from 'node:module';
 import { isAbsolute } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Worker } from 'node:worker_threads';
-import { WorkerAgent } from '../agent/index.js';
+import { CHUNK_SECONDS, CHUNK_SECONDS_ENV, WorkerAgent } from '../agent/index.js';
 import type { EnginePort, EngineToWorker } from '../engine/index.js';
 import { WORKER_SECRET_ENV } from '../engine/protocol.js';
 import { describeError } from '../errors.js';
@@ -136,9 +136,18 @@ async function main(): Promise<number> {
   );
   const visible = process.env.CUDA_VISIBLE_DEVICES ?? '';
   const gpus = visible === '' ? [] : visible.split(',').map(Number).filter(Number.isInteger);
+  const chunk = process.env[CHUNK_SECONDS_ENV];
+  const chunkSeconds = chunk === undefined || chunk === '' ? CHUNK_SECONDS : Number(chunk);
+  if (!(chunkSeconds > 0 && Number.isFinite(chunkSeconds))) {
+    process.stderr.write(
+      `stagetree worker: ${CHUNK_SECONDS_ENV} must be a positive number of seconds, got ${JSON.stringify(chunk)}\n`,
+    );
+    process.exit(2);
+  }
   const agent = new WorkerAgent(port, {
     workerId,
     secret,
+    chunkSeconds,
     gpus,
     gpuShare: Number(process.env.STAGETREE_GPU_SHARE ?? '1') || 1,
     trainer: factory,

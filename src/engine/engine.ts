@@ -26,6 +26,7 @@ import {
   readyStages,
   reportsAt,
   rootIds,
+  splitStage,
   shardValues,
   stageValues,
   stateKey,
@@ -123,6 +124,11 @@ export interface Commands {
   readonly cancel: readonly TaskId[];
   /** Worker processes to stop (replaced by a process for another lineage). */
   readonly retire: readonly WorkerId[];
+  /**
+   * Running tasks to cut short (their studies paused): each worker stops at its next
+   * step boundary and answers with the step, given to `cutTask`; or finishes the task.
+   */
+  readonly cut: readonly TaskId[];
 }
 
 export interface EngineStats {
@@ -150,12 +156,14 @@ interface WorkerState {
 }
 
 interface Running {
-  readonly task: Task;
+  /** The task as started; a cut (`cutTask`) makes it end earlier, saving its end state. */
+  task: Task;
   readonly startedAt: number;
   /** The demanded stage the task trains (its last run). */
   readonly stage: StageId;
   readonly start: number;
-  readonly end: number;
+  /** Where its last stage ends (where it was cut, after `cutTask`). */
+  end: number;
   readonly rep: TrialId;
   /** The studies that demanded it when it started (each holds its slot, for `workers` caps). */
   readonly owners: readonly Session[];
@@ -223,6 +231,9 @@ export class Engine {
   private startedTasks: Task[] = [];
   private cancelledTasks: TaskId[] = [];
   private retiredWorkers: WorkerId[] = [];
+  private cutRequests: TaskId[] = [];
+  /** Tasks a cut was asked of (once each). */
+  private readonly cutAsked = new Set<TaskId>();
 
   constructor(
     readonly study: Study,
@@ -351,8 +362,70 @@ export class Engine {
     if (x && !x.finished && !x.suspended) {
       x.suspended = true;
       this.log.push({ t: now, kind: 'pause', study: name });
+      this.askCuts();
     }
     return this.flush();
+  }
+
+  /**
+   * Asks running tasks that only paused studies demand to stop at a checkpoint
+   * (`Commands.cut`): a long stage then frees its slot without losing what it trained.
+   */
+  private askCuts(): void {
+    for (const r of this.running.values()) {
+      if (this.cutAsked.has(r.task.id)) continue;
+      const owners = this.ownersOf(getStage(this.tree, this.currentStage(r)));
+      if (owners.length > 0 && owners.every((x) => x.suspended)) {
+        this.cutAsked.add(r.task.id);
+        this.cutRequests.push(r.task.id);
+      }
+    }
+  }
+
+  /**
+   * Where task `taskId` may be cut: steps strictly between these (its last stage's start
+   * and end); null when it is not running. For checking a worker's `cutAt`.
+   */
+  cutRange(taskId: TaskId): { readonly start: number; readonly end: number } | null {
+    const r = this.running.get(taskId);
+    return r ? { start: r.start, end: r.end } : null;
+  }
+
+  /**
+   * A task cut short at `now`: its worker stopped at `step`, strictly inside its last
+   * stage (see `cutRange`). Logged as `cut` (an input replay gives again). The stage is
+   * split at `step`; the task now trains the upper piece and saves its end state under
+   * the returned key (the worker is told so); the lower piece waits to be placed like any
+   * stage, once its study resumes.
+   */
+  cutTask(now: number, taskId: TaskId, step: number): { key: CheckpointKey; commands: Commands } {
+    this.now = now;
+    const r = this.running.get(taskId);
+    if (!r) throw new NotRunningError(taskId);
+    if (!(Number.isInteger(step) && r.start < step && step < r.end))
+      throw new ValidationError(
+        'cutAt.step',
+        `a step strictly between ${r.start} and ${r.end} (task ${taskId}'s last stage)`,
+        step,
+      );
+    const pieces = pathOf(this.tree, r.rep).filter((p) => p.start >= r.start && p.end <= r.end);
+    let top: StageId;
+    const boundary = pieces.find((p) => p.end === step);
+    if (boundary) top = boundary.id;
+    else {
+      const piece = pieces.find((p) => p.start < step && step < p.end) as Stage;
+      ({ tree: this.tree, top } = splitStage(this.tree, piece.id, step));
+      this.noteSplits();
+    }
+    const key = this.keyOf(top);
+    const dropped = r.end - step;
+    r.end = step;
+    r.task = { ...r.task, saveAfter: key, endKey: key };
+    this.stats.stepsTrained -= dropped;
+    const first = r.owners[0];
+    if (first) first.stepsTrained -= dropped;
+    this.log.push({ t: now, kind: 'cut', task: taskId, step, stage: top, key });
+    return { key, commands: this.flush() };
   }
 
   /** Resumes a paused study at `now` (logged as `resume`): its stages are placed again. */
@@ -672,10 +745,12 @@ export class Engine {
       start: this.startedTasks,
       cancel: this.cancelledTasks,
       retire: this.retiredWorkers,
+      cut: this.cutRequests,
     };
     this.startedTasks = [];
     this.cancelledTasks = [];
     this.retiredWorkers = [];
+    this.cutRequests = [];
     return out;
   }
 

@@ -41,6 +41,11 @@ export type WorkerToEngine =
     }
   | { readonly kind: 'heartbeat'; readonly taskId: TaskId | null }
   | { readonly kind: 'progress'; readonly taskId: TaskId; readonly step: number }
+  /**
+   * The answer to `cut`: the worker stopped the task's last run at `step` (a boundary
+   * strictly inside it) and waits, holding the state, for `saveCut`.
+   */
+  | { readonly kind: 'cutAt'; readonly taskId: TaskId; readonly step: number }
   | {
       readonly kind: 'done';
       readonly taskId: TaskId;
@@ -98,6 +103,14 @@ export type EngineToWorker =
     }
   | { readonly kind: 'run'; readonly task: WireTask }
   | { readonly kind: 'cancel'; readonly taskId: TaskId }
+  /**
+   * Stop the task early (its study paused, its slot about to be taken back): answer
+   * `cutAt` at the next step boundary inside its last run, or finish it if that run is in
+   * its last chunk.
+   */
+  | { readonly kind: 'cut'; readonly taskId: TaskId }
+  /** The answer to `cutAt`: save the state under `key`, then evaluate and answer `done`. */
+  | { readonly kind: 'saveCut'; readonly taskId: TaskId; readonly key: CheckpointKey }
   | { readonly kind: 'shutdown'; readonly reason: string };
 
 /** A worker's end of its stream to the engine (implemented over gRPC by src/rpc). */

@@ -59,6 +59,7 @@ export function feedLog(
       engine.cancelStudy(e.t, e.study ?? engine.study.name);
     else if (e.kind === 'pause') engine.pauseStudy(e.t, e.study);
     else if (e.kind === 'resume') engine.resumeStudy(e.t, e.study);
+    else if (e.kind === 'cut') engine.cutTask(e.t, e.task, e.step);
   }
 }
 
@@ -142,6 +143,7 @@ export function accountLog(log: readonly LogEntry[], credit?: LogCredit): LogAcc
       case 'submit':
       case 'pause':
       case 'resume':
+      case 'cut':
         break;
     }
   }
@@ -173,6 +175,7 @@ export function entryStudy(e: LogEntry, primary: string): string | null {
     case 'task':
     case 'done':
     case 'cancel':
+    case 'cut':
     case 'fail':
     case 'lost':
     case 'reuse':

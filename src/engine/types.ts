@@ -104,6 +104,19 @@ export type LogEntry =
   | { readonly t: number; readonly kind: 'cancel'; readonly task: TaskId }
   | {
       /**
+       * A running task was cut short (`Engine.cutTask`, an input replay gives again): its
+       * worker stopped at `step`, inside its last stage, which was split there; the task
+       * now ends with the upper piece `stage` and saves its end state under `key`.
+       */
+      readonly t: number;
+      readonly kind: 'cut';
+      readonly task: TaskId;
+      readonly step: number;
+      readonly stage: StageId;
+      readonly key: CheckpointKey;
+    }
+  | {
+      /**
        * A stage marked done without training it: its end state was trained before (a
        * checkpoint an earlier run left, offered to the engine with its metric).
        */

@@ -62,6 +62,7 @@ export class AttemptLog {
         case 'submit':
         case 'pause':
         case 'resume':
+        case 'cut':
           break;
       }
     }

@@ -165,6 +165,7 @@ function trainedStates(entries: readonly LogEntry[]): Map<string, number> {
   const out = new Map<string, number>();
   for (const e of entries) {
     if (e.kind === 'task') endKey.set(e.task.id, e.task.endKey);
+    else if (e.kind === 'cut') endKey.set(e.task, e.key);
     else if (e.kind === 'done') {
       const key = endKey.get(e.task);
       if (key !== undefined) out.set(key, e.metric);

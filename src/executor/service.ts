@@ -66,6 +66,7 @@ function toEvent(e: LogEntry, study: string): StudyEvent | null {
     case 'task':
     case 'done':
     case 'cancel':
+    case 'cut':
     case 'fail':
     case 'lost':
     case 'reuse':

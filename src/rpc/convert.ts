@@ -283,6 +283,10 @@ export function engineToWire(m: EngineToWorker): ConnectResponse {
     }
     case 'cancel':
       return { body: { $case: 'cancel', value: { taskId: m.taskId } } };
+    case 'cut':
+      return { body: { $case: 'cut', value: { taskId: m.taskId } } };
+    case 'saveCut':
+      return { body: { $case: 'saveCut', value: { taskId: m.taskId, key: m.key } } };
     case 'shutdown':
       return { body: { $case: 'shutdown', value: { reason: m.reason } } };
   }
@@ -290,7 +294,12 @@ export function engineToWire(m: EngineToWorker): ConnectResponse {
 
 export function engineFromWire(w: ConnectResponse): EngineToWorker {
   const b = w.body;
-  if (!b) throw new ValidationError('body', 'one of welcome, run, cancel, shutdown', undefined);
+  if (!b)
+    throw new ValidationError(
+      'body',
+      'one of welcome, run, cancel, cut, saveCut, shutdown',
+      undefined,
+    );
   switch (b.$case) {
     case 'welcome':
       return {
@@ -324,6 +333,14 @@ export function engineFromWire(w: ConnectResponse): EngineToWorker {
     }
     case 'cancel':
       return { kind: 'cancel', taskId: taskId(b.value.taskId, ['cancel', 'taskId']) };
+    case 'cut':
+      return { kind: 'cut', taskId: taskId(b.value.taskId, ['cut', 'taskId']) };
+    case 'saveCut':
+      return {
+        kind: 'saveCut',
+        taskId: taskId(b.value.taskId, ['saveCut', 'taskId']),
+        key: nonEmpty(b.value.key, ['saveCut', 'key']),
+      };
     case 'shutdown':
       return { kind: 'shutdown', reason: b.value.reason };
   }
@@ -353,6 +370,8 @@ export function workerToWire(m: WorkerToEngine): ConnectRequest {
       return { body: { $case: 'heartbeat', value: { taskId: m.taskId ?? 0 } } };
     case 'progress':
       return { body: { $case: 'progress', value: { taskId: m.taskId, step: m.step } } };
+    case 'cutAt':
+      return { body: { $case: 'cutAt', value: { taskId: m.taskId, step: m.step } } };
     case 'done':
       return {
         body: {
@@ -396,7 +415,7 @@ export function workerFromWire(w: ConnectRequest): WorkerToEngine {
   if (!b)
     throw new ValidationError(
       'body',
-      'one of register, heartbeat, progress, done, failed',
+      'one of register, heartbeat, progress, cutAt, done, failed',
       undefined,
     );
   switch (b.$case) {
@@ -430,6 +449,12 @@ export function workerFromWire(w: ConnectRequest): WorkerToEngine {
         kind: 'progress',
         taskId: taskId(b.value.taskId, ['progress', 'taskId']),
         step: step(b.value.step, ['progress', 'step']),
+      };
+    case 'cutAt':
+      return {
+        kind: 'cutAt',
+        taskId: taskId(b.value.taskId, ['cutAt', 'taskId']),
+        step: step(b.value.step, ['cutAt', 'step']),
       };
     case 'done':
       return {

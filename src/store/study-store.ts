@@ -619,6 +619,7 @@ export class StudyStore {
       case 'task':
       case 'done':
       case 'cancel':
+      case 'cut':
       case 'fail':
       case 'lost':
       case 'reuse':
@@ -683,6 +684,21 @@ export class StudyStore {
       case 'done':
         this.sql.stageDone.run({ t: entry.t, task: entry.task });
         return;
+      case 'cut': {
+        // The task now trains the stage's upper piece: its row (the rest of the stage is
+        // left untrained, as a split leaves it).
+        const row = this.sql.stageOfTask.get(entry.task) as
+          { start: number | null; study: number | null } | undefined;
+        this.sql.uncountStage.run(entry.task);
+        this.sql.touchStage.run({
+          id: entry.stage,
+          start: row?.start ?? null,
+          end: entry.step,
+          task: entry.task,
+          study: row?.study ?? this.primary().id,
+        });
+        return;
+      }
       case 'reuse':
         // Done without training: `runs` stays; a stage this log never trained gets a row.
         this.sql.reuseStage.run({ id: entry.stage, t: entry.t });
@@ -1107,6 +1123,12 @@ function prepare(db: Database.Database) {
       `INSERT INTO stages (id, runs, done_at) VALUES (@id, 0, @t)
        ON CONFLICT (id) DO UPDATE SET done_at = coalesce(done_at, excluded.done_at)`,
     ),
+    stageOfTask: db.prepare(
+      'SELECT start, study FROM stages WHERE last_task = ? AND done_at IS NULL LIMIT 1',
+    ),
+    uncountStage: db.prepare(
+      'UPDATE stages SET runs = runs - 1, last_task = NULL WHERE last_task = ? AND done_at IS NULL',
+    ),
     stageDone: db.prepare(
       'UPDATE stages SET done_at = @t WHERE last_task = @task AND done_at IS NULL',
     ),
@@ -1215,6 +1237,7 @@ function checkTime(t: unknown, what: string): void {
 
 /** Every log entry kind (a record, so a kind added to `LogEntry` fails to compile here). */
 const KIND_NAMES: Readonly<Record<LogEntry['kind'], true>> = {
+  cut: true,
   propose: true,
   fork: true,
   extend: true,
@@ -1303,6 +1326,12 @@ function checkEntry(entry: LogEntry, where: string): void {
     case 'cancel':
     case 'fail':
       int('task', entry.task);
+      return;
+    case 'cut':
+      int('task', entry.task);
+      int('step', entry.step);
+      str('stage', entry.stage);
+      checkCheckpointKey(entry.key, `${where}.key`);
       return;
     case 'finish':
       if (entry.study !== undefined) str('study', entry.study);

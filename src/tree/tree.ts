@@ -247,7 +247,7 @@ class Editor {
    * stage's children, results and done flag; the top's end state was never
    * materialised, so the top is not done (a trial branching at m needs it re-run).
    */
-  private split(id: StageId, m: number): StageId {
+  split(id: StageId, m: number): StageId {
     const old = this.stage(id);
     if (!(old.start < m && m < old.end))
       throw new InternalError(`split of ${id} at ${m}, outside its range`);
@@ -515,6 +515,23 @@ export function forkTrial(tree: StageTree, fork: ForkInput): StageTree {
  * worker trained a stage that a new trial split while it ran, so the lower piece is
  * trained while the upper piece's end state was never kept.
  */
+/**
+ * Splits stage `id` at step `m` (strictly inside it) into [start, m), returned as `top`,
+ * and [m, end), which keeps its children, demand and done flag. A task cut short at `m`
+ * (a paused study) trained the top piece.
+ */
+export function splitStage(
+  tree: StageTree,
+  id: StageId,
+  m: number,
+): { readonly tree: StageTree; readonly top: StageId } {
+  let top = '';
+  const out = edit(tree, (e) => {
+    top = e.split(id, m);
+  });
+  return { tree: out, top };
+}
+
 export function markDone(
   tree: StageTree,
   id: StageId,

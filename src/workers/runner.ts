@@ -112,7 +112,10 @@ export function retryDelay(failures: number): number {
 
 interface Sent {
   readonly worker: WorkerId;
-  readonly steps: number;
+  /** Steps it trains (fewer once it is cut short). */
+  steps: number;
+  /** The engine asked to cut it short (sent with the task if it was held back). */
+  cut: boolean;
   readonly stage: string;
   /** When it was sent (null while held back for a retry delay). */
   sentAt: number | null;
@@ -326,6 +329,7 @@ export class Execution {
     s.sentAt = this.now();
     if (this.pool.registered(task.worker)) s.reachedAt = s.sentAt;
     this.pool.send(task.worker, { kind: 'run', task: toWireTask(task) });
+    if (s.cut) this.pool.send(task.worker, { kind: 'cut', taskId: task.id });
   }
 
   private apply(cmds: Commands): void {
@@ -336,6 +340,12 @@ export class Execution {
       if (s === undefined) continue;
       if (s.sentAt !== null) pool.send(s.worker, { kind: 'cancel', taskId: id });
       this.endOn(s.worker, id);
+    }
+    for (const id of cmds.cut) {
+      const s = this.sent.get(id);
+      if (s === undefined) continue;
+      s.cut = true;
+      if (s.sentAt !== null) pool.send(s.worker, { kind: 'cut', taskId: id });
     }
     for (const w of cmds.retire) pool.stop(w, 'replaced');
     for (const task of cmds.start) {
@@ -348,6 +358,7 @@ export class Execution {
       const s: Sent = {
         worker: task.worker,
         steps,
+        cut: false,
         stage,
         sentAt: null,
         reachedAt: null,
@@ -390,6 +401,26 @@ export class Execution {
       case 'heartbeat':
       case 'progress':
         return;
+      case 'cutAt': {
+        if (!this.admitResult(worker, m.taskId, 'cutAt')) return;
+        const s = this.sent.get(m.taskId);
+        const range = engine.cutRange(m.taskId);
+        if (!s?.cut || range === null || !(range.start < m.step && m.step < range.end)) {
+          this.protocolViolations++;
+          this.pool.abort(
+            worker,
+            s?.cut
+              ? `cutAt step ${m.step} for task ${m.taskId}, which may only stop strictly between steps ${range?.start} and ${range?.end}`
+              : `cutAt for task ${m.taskId}, which the engine did not ask to cut`,
+          );
+          return;
+        }
+        const { key, commands } = engine.cutTask(this.now(), m.taskId, m.step);
+        s.steps -= range.end - m.step;
+        this.pool.send(worker, { kind: 'saveCut', taskId: m.taskId, key });
+        this.apply(commands);
+        return;
+      }
       case 'done': {
         if (!this.admitResult(worker, m.taskId, 'done')) return;
         const s = this.sent.get(m.taskId);

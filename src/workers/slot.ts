@@ -113,6 +113,8 @@ export class SlotLifecycle {
         this.to(SlotState.draining);
         return;
       case 'welcome':
+      case 'cut': // the task goes on until the worker answers (done, or cutAt then done)
+      case 'saveCut':
         return;
     }
   }

@@ -82,6 +82,7 @@ const pyWrite = (dir: string, key: string, payload: Uint8Array): void => {
 class Peer {
   readonly heartbeats: (number | null)[] = [];
   readonly progress: { taskId: number; step: number }[] = [];
+  readonly cuts: { taskId: number; step: number }[] = [];
   private readonly results: Result[] = [];
   private wake: (() => void) | null = null;
   closed: string | null = null;
@@ -90,6 +91,7 @@ class Peer {
     connection.onMessage((m: Message) => {
       if (m.kind === 'heartbeat') this.heartbeats.push(m.taskId);
       else if (m.kind === 'progress') this.progress.push({ taskId: m.taskId, step: m.step });
+      else if (m.kind === 'cutAt') this.cuts.push({ taskId: m.taskId, step: m.step });
       else this.results.push(m);
       this.wake?.();
     });
@@ -121,9 +123,21 @@ class Peer {
     return this.until('a result', () => this.results.shift());
   }
 
+  /** Sends a task; with `chunked`, resolves once its first chunk is trained (its first progress). */
+  async start(
+    task: Omit<WireTask, 'saveFirst' | 'saveAfter'> & Partial<WireTask>,
+    chunked = false,
+  ): Promise<void> {
+    this.send({ kind: 'run', task: { saveFirst: null, saveAfter: null, ...task } });
+    if (chunked)
+      await this.until(`the first chunk of task ${task.taskId}`, () =>
+        this.progress.some((p) => p.taskId === task.taskId) ? true : undefined,
+      );
+  }
+
   /** Runs one task and returns its result (which must be for it). */
   async run(task: Omit<WireTask, 'saveFirst' | 'saveAfter'> & Partial<WireTask>): Promise<Result> {
-    this.send({ kind: 'run', task: { saveFirst: null, saveAfter: null, ...task } });
+    await this.start(task);
     const r = await this.next();
     expect(r.taskId, `the result after task ${task.taskId}`).toBe(task.taskId);
     return r;
@@ -190,6 +204,7 @@ function spawnWorker(runtime: Runtime, id: string): ChildProcess {
     STAGETREE_WORKER_ID: id,
     STAGETREE_WORKER_SECRET: SECRET,
     STAGETREE_GPU_SHARE: '0.5',
+    STAGETREE_CHUNK_SECONDS: '1', // slow tasks (20 ms a step) are then cut after 51 steps
     CUDA_VISIBLE_DEVICES: '0,2',
   };
   const [file, args, env] =
@@ -414,8 +429,8 @@ async function conformance(runtime: Runtime): Promise<Transcript> {
       return 'equal';
     });
 
+    const slow = { ...PARAMS, stepDelayMs: 20 }; // chunks of 1 step, then about 50
     await check('a cancel during a slow task gives no result and drops the state', async () => {
-      const slow = { ...PARAMS, stepDelayMs: 20 };
       peer.send({
         kind: 'run',
         task: {
@@ -452,6 +467,122 @@ async function conformance(runtime: Runtime): Promise<Transcript> {
         }),
       );
       return { reason: r.reason, progress10: peer.progress.some((p) => p.taskId === 10) };
+    });
+
+    await check('progress comes after every chunk: one step first, then about a second', () => {
+      // Task 1 (10 fast steps) and task 6 (runs 10-15 and 15-20): each task's first chunk
+      // is one step, the next ones as many as take about a second.
+      const of = (task: number): number[] =>
+        peer.progress.filter((p) => p.taskId === task).map((p) => p.step);
+      return { task1: of(1), task6: of(6) };
+    });
+
+    const cutAt = async (taskId: number): Promise<number> => {
+      peer.send({ kind: 'cut', taskId });
+      const at = await peer.until('a cutAt', () => peer.cuts.shift());
+      expect(at.taskId).toBe(taskId);
+      return at.step;
+    };
+
+    let cutStep = 0;
+    await check(
+      'a cut stops the last run at a chunk boundary; saveCut saves there, then done',
+      async () => {
+        const long = { restore: { from: 'init' }, runs: runs([[0, 400]], slow) } as const;
+        await peer.start({ taskId: 13, ...long, saveAfter: 'Knever', endKey: 'K400' }, true);
+        cutStep = await cutAt(13);
+        expect(cutStep).toBeGreaterThan(1);
+        expect(cutStep).toBeLessThan(400);
+        expect(peer.progress.filter((p) => p.taskId === 13).at(-1)?.step).toBe(cutStep);
+        peer.send({ kind: 'saveCut', taskId: 13, key: 'Kcut' });
+        const r = done(await peer.next());
+        expect(r.taskId).toBe(13);
+        expect(store.has('Kcut')).toBe(true);
+        expect(store.has('Knever')).toBe(false); // the task's own saveAfter no longer applies
+        return { busy: busy(r.seconds).filter((p) => p !== 'evaluate') };
+      },
+    );
+
+    await check('the cut state is held in memory and saved: both continue it exactly', async () => {
+      const end = cutStep + 5;
+      const memory = done(
+        await peer.run({
+          taskId: 14,
+          restore: { from: 'memory', key: 'Kcut' },
+          runs: runs([[cutStep, end]], slow),
+          endKey: 'Kc5',
+        }),
+      );
+      const fromFile = done(
+        await peer.run({
+          taskId: 15,
+          restore: { from: 'checkpoint', key: 'Kcut' },
+          runs: runs([[cutStep, end]], slow),
+          endKey: 'Kc5',
+        }),
+      );
+      const whole = done(
+        await peer.run({
+          taskId: 16,
+          restore: { from: 'init' },
+          runs: runs([[0, end]], slow),
+          endKey: 'Kc5',
+        }),
+      );
+      expect(bits(memory.metrics.loss)).toBe(bits(whole.metrics.loss));
+      expect(bits(fromFile.metrics.loss)).toBe(bits(whole.metrics.loss));
+      return 'equal';
+    });
+
+    await check('a cut that comes in the last chunk: the task simply finishes', async () => {
+      // Chunks [0, 1) and [1, 3): the cut arrives during the last one.
+      await peer.start(
+        { taskId: 17, restore: { from: 'init' }, runs: runs([[0, 3]], slow), endKey: 'K3' },
+        true,
+      );
+      peer.send({ kind: 'cut', taskId: 17 });
+      const r = done(await peer.next());
+      expect(r.taskId).toBe(17);
+      return { cutAt: peer.cuts.length, progress: peer.progress.at(-1)?.step };
+    });
+
+    await check('a cut during a re-computation lands in the last run', async () => {
+      const ranges: [number, number][] = [
+        [0, 60],
+        [60, 400],
+      ];
+      await peer.start(
+        { taskId: 18, restore: { from: 'init' }, runs: runs(ranges, slow), endKey: 'K400' },
+        true,
+      );
+      const step = await cutAt(18);
+      expect(step).toBeGreaterThan(60);
+      expect(step).toBeLessThan(400);
+      peer.send({ kind: 'saveCut', taskId: 18, key: 'Kcut2' });
+      const r = done(await peer.next());
+      expect(r.taskId).toBe(18);
+      return 'in the last run';
+    });
+
+    await check('a cancel while waiting for saveCut: no result, nothing held', async () => {
+      await peer.start(
+        { taskId: 19, restore: { from: 'init' }, runs: runs([[0, 400]], slow), endKey: 'K400' },
+        true,
+      );
+      const step = await cutAt(19);
+      peer.send({ kind: 'cancel', taskId: 19 });
+      peer.send({ kind: 'saveCut', taskId: 19, key: 'Klate' }); // late: ignored
+      const r = failed(
+        await peer.run({
+          taskId: 20,
+          restore: { from: 'memory', key: 'Klate' },
+          runs: runs([[step, step + 1]], slow),
+          endKey: 'Kx',
+        }),
+      );
+      expect(r.message).toContain('holds no state');
+      expect(store.has('Klate')).toBe(false);
+      return r.reason;
     });
 
     await check('shutdown: the process exits 0 promptly', async () => {

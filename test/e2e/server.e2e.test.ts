@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -12,6 +12,7 @@ import {
   fromStore,
   ROOT,
   studyJson,
+  stepsTrained,
   studyMetrics,
   trainedStages,
 } from '../support/real-run.js';
@@ -47,7 +48,8 @@ async function serve(
       '2',
       ...extra,
     ],
-    { stdio: ['ignore', 'pipe', 'pipe'] },
+    // Workers train in chunks of 0.3 s (not 10): a pause then cuts this test's short stages.
+    { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, STAGETREE_CHUNK_SECONDS: '0.3' } },
   );
   servers.push(child);
   let err = '';
@@ -149,32 +151,48 @@ describe('stagetree serve and the SDK (real worker processes)', () => {
     expect(studyMetrics(db, 'gamma')).toEqual(await alone(parseStudy(s)));
   });
 
-  it('pause mid-stage: nothing starts, no slot stays busy, nothing is lost; resume finishes exactly', async () => {
+  it('pause mid-stage: the running stage stops at a checkpoint, no slot stays busy, nothing is lost; resume finishes exactly', async () => {
     const store = mkdtempSync(join(tmpdir(), 'stagetree-serve-'));
     const db = join(store, 'engine.db');
-    const s = study('delta', [10, 15]);
-    const { address } = await serve(store);
-    const client = connect(address);
-    clients.push(client);
-    const handle = await client.submit(s);
+    // Long stages (60 steps of 20 ms before the first branch): a pause lands mid-stage.
+    const base = study('delta', [60, 90]);
+    const s = { ...base, steps: 120, evalEvery: 30, params: { seed: 1, stepDelayMs: 20 } };
+    const first = await serve(store);
+    const c1 = connect(first.address);
+    clients.push(c1);
+    const submitted = await c1.submit(s);
     await waitFor('a running task', () =>
       fromStore(db, (st) => st.attempts().some((x) => x.outcome === null)),
     );
-    const paused = await handle.pause();
+    const paused = await submitted.pause();
     expect(paused.state).toBe('paused');
-    // What ran goes on to its end; then nothing runs and nothing starts.
+    // The running stage stops at its next chunk boundary (about a second), saved there:
+    // then nothing runs and nothing starts.
     await waitFor('no open attempt', () =>
       fromStore(db, (st) => st.attempts().every((x) => x.outcome !== null)),
     );
+    const cuts = fromStore(db, (st) => st.events().filter((e) => e.kind === 'cut'));
+    expect(cuts.length).toBeGreaterThan(0);
+    for (const c of cuts)
+      expect(existsSync(join(store, 'checkpoints', `${c.key}.ckpt`))).toBe(true);
     const tasks = (): number =>
       fromStore(db, (st) => st.events().filter((e) => e.kind === 'task').length);
     const count = tasks();
     await new Promise((r) => setTimeout(r, 500));
     expect(tasks()).toBe(count);
-    expect((await handle.info()).state).toBe('paused');
     expect(fromStore(db, (st) => st.attempts().filter((x) => x.outcome === 'cancelled'))).toEqual(
       [],
     );
+    // A pause holds across a restart of the server (even a SIGKILL): still paused, then resumed.
+    first.child.kill('SIGKILL');
+    await new Promise((r) => first.child.once('exit', r));
+    const second = await serve(store);
+    const client = connect(second.address);
+    clients.push(client);
+    const handle = client.study('delta');
+    expect((await handle.info()).state).toBe('paused');
+    await new Promise((r) => setTimeout(r, 300));
+    expect(tasks()).toBe(count);
     const resumed = await handle.resume();
     expect(resumed.state).toBe('running');
     const info = await handle.result();
@@ -184,9 +202,10 @@ describe('stagetree serve and the SDK (real worker processes)', () => {
     expect(log.filter((e) => e.kind === 'pause' || e.kind === 'resume').map((e) => e.kind)).toEqual(
       ['pause', 'resume'],
     );
-    // No stage trained twice.
+    // No stage trained twice, and no step: the tree's steps, each trained once.
     const trained = trainedStages(log);
     expect(new Set(trained).size).toBe(trained.length);
+    expect(stepsTrained(log)).toBe(2 * (60 + 2 * 60)); // per initial LR: [0, 60), then two branches
   });
 
   it('refuses to serve off loopback without a token, and calls without the token', async () => {

@@ -213,8 +213,50 @@ describe('several studies on one engine (simulation)', () => {
       [],
     );
     expect(checkAlone(r.log, 'max')).toBe(6 * 4);
+    // The tasks running at the pause were cut short at a step boundary and saved there...
+    const cuts = r.log.filter((e) => e.kind === 'cut');
+    expect(cuts.length).toBeGreaterThan(0);
+    for (const c of cuts) expect(c.t).toBe(pauseAt);
+    // ...so no task held a GPU while the study waited (each ended within a step and a save).
+    const open = new Set<number>();
+    for (const e of r.log) {
+      if (e.t > pauseAt + 10) break;
+      if (e.kind === 'task') open.add(e.task.id);
+      else if (e.kind === 'done' || e.kind === 'cancel' || e.kind === 'fail') open.delete(e.task);
+    }
+    expect(open.size).toBe(0);
     // The same work as without the pause: nothing was lost or trained twice.
     expect(r.stats.stepsTrained).toBe(alone.stats.stepsTrained);
+    const again = replay(a, r.log, createTuner(a), engineOptions(a, ExecutionMode.stageTree));
+    expect(again.firstDifference).toBeNull();
+  });
+
+  it('pausing both studies at any moment cuts their tasks and loses nothing (12 moments)', () => {
+    const alone = simulate(a, ExecutionMode.stageTree);
+    const m = alone.makespanSeconds;
+    let cut = 0;
+    for (let i = 1; i <= 12; i++) {
+      const pauseAt = (i / 13) * m;
+      const joint = simulateStudies([
+        { study: a, at: 0, pauseAt, resumeAt: pauseAt + 7 },
+        { study: b, at: 0, pauseAt, resumeAt: pauseAt + 500 },
+      ]);
+      cut += joint.log.filter((e) => e.kind === 'cut').length;
+      expect(checkAlone(joint.log, 'max')).toBe(6 * 4 + 9 * 4);
+      const again = replay(
+        a,
+        joint.log,
+        createTuner(a),
+        {
+          ...engineOptions(a, ExecutionMode.stageTree),
+          identity: trainerIdentity,
+          studyCaps: true,
+        },
+        () => ({ study: b, tuner: createTuner(b) }),
+      );
+      expect(again.firstDifference).toBeNull();
+    }
+    expect(cut).toBeGreaterThan(12);
   });
 
   it('shares nothing between studies whose trainers differ', () => {

@@ -53,6 +53,7 @@ function owner(e: LogEntry): string | null | undefined {
     case 'task':
     case 'done':
     case 'cancel':
+    case 'cut':
     case 'fail':
     case 'lost':
     case 'reuse':

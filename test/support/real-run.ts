@@ -100,12 +100,13 @@ export function studyMetrics(db: string, name: string): Map<string, number> {
   );
 }
 
-/** The demanded stage each done task trained (its last run), in log order. */
+/** The demanded stage each done task trained (its last run; its upper piece if cut), in log order. */
 export function trainedStages(log: readonly LogEntry[]): string[] {
   const last = new Map<number, string>();
   const out: string[] = [];
   for (const e of log) {
     if (e.kind === 'task') last.set(e.task.id, e.task.runs[e.task.runs.length - 1]?.stage ?? '');
+    if (e.kind === 'cut') last.set(e.task, e.stage);
     if (e.kind === 'done') out.push(last.get(e.task) ?? '');
   }
   return out;
@@ -135,12 +136,18 @@ export async function runBothModes(
   return { stageTree, trialBased };
 }
 
-/** Training steps the tasks of a log ran, re-computations included. */
-export const stepsTrained = (entries: readonly LogEntry[]): number =>
-  entries.reduce(
-    (n, e) => (e.kind === 'task' ? n + e.task.runs.reduce((m, r) => m + r.end - r.start, 0) : n),
-    0,
-  );
+/** Training steps the tasks of a log ran, re-computations included (a cut task's up to its cut). */
+export function stepsTrained(entries: readonly LogEntry[]): number {
+  const ends = new Map<number, number>();
+  let n = 0;
+  for (const e of entries) {
+    if (e.kind === 'task') {
+      n += e.task.runs.reduce((m, r) => m + r.end - r.start, 0);
+      ends.set(e.task.id, e.task.runs[e.task.runs.length - 1]?.end ?? 0);
+    } else if (e.kind === 'cut') n -= (ends.get(e.task) ?? e.step) - e.step;
+  }
+  return n;
+}
 
 /**
  * The QuadraticTrainer's loss for a trial trained alone from scratch to `step`, in this

@@ -135,10 +135,16 @@ export function simulateStudies(
   const pool = new SimPool(costs, study.metric.mode);
   const heap = new EventHeap<TaskId>();
   const live = new Map<TaskId, { task: Task; started: number; duration: number; metric: number }>();
+  const cuts: TaskId[] = [];
   let gpuSeconds = 0;
   let now = first.at;
 
-  const apply = (cmds: { start: readonly Task[]; cancel: readonly TaskId[] }): void => {
+  const apply = (cmds: {
+    start: readonly Task[];
+    cancel: readonly TaskId[];
+    cut?: readonly TaskId[];
+  }): void => {
+    cuts.push(...(cmds.cut ?? []));
     for (const id of cmds.cancel) {
       const l = live.get(id);
       if (!l) continue;
@@ -150,6 +156,23 @@ export function simulateStudies(
       const out = pool.execute(task);
       live.set(task.id, { task, started: now, duration: out.duration, metric: out.result.metric });
       heap.push(now + out.duration, task.id);
+    }
+  };
+  // A cut stops a task at the step after the one it trains (a simulated chunk of one step);
+  // one in its last step finishes. The task's end moves to when the cut state is saved.
+  const cutTasks = (): void => {
+    while (cuts.length > 0) {
+      const id = cuts.shift() as TaskId;
+      const l = live.get(id);
+      if (!l) continue;
+      const step = pool.cutPoint(id, now - l.started);
+      if (step === null) continue;
+      const { key, commands } = engine.cutTask(now, id, step);
+      const out = pool.cut(id, step, key);
+      l.duration = Math.max(out.duration, now - l.started);
+      l.metric = out.result.metric;
+      heap.push(l.started + l.duration, id);
+      apply(commands);
     }
   };
 
@@ -186,6 +209,7 @@ export function simulateStudies(
           break;
         case 'pause':
           apply(engine.pauseStudy(now, name));
+          cutTasks();
           break;
         case 'resume':
           apply(engine.resumeStudy(now, name));
@@ -200,6 +224,7 @@ export function simulateStudies(
     if (!ev) break;
     const l = live.get(ev.value);
     if (!l) continue; // cancelled
+    if (ev.t !== l.started + l.duration) continue; // cut: it ends at its new time
     live.delete(ev.value);
     now = ev.t;
     pool.finish(ev.value);

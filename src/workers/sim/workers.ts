@@ -402,6 +402,10 @@ export class SimWorkerPool implements WorkerPool {
         slot.exiting = true;
         this.exitIfDone(slot);
         return;
+      case 'cut':
+      case 'saveCut':
+        // A simulated worker finishes what it runs: a valid answer to a cut.
+        return;
     }
   }
 
