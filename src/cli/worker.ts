@@ -46,11 +46,40 @@ function moduleFile(module: string): string {
   return createRequire(import.meta.url).resolve(module);
 }
 
+/** A TypeScript module: Node 20 runs it only under a loader. */
+const TYPESCRIPT_FILE = /\.[cm]?ts$/;
+
+/** Whether the process was started with a module loader or preload of the user's own. */
+function hasLoader(): boolean {
+  const flags = [...process.execArgv, process.env.NODE_OPTIONS ?? ''].join(' ');
+  return /(?:^|\s)(?:--import|--loader|--experimental-loader|--require|-r)(?:[\s=]|$)/.test(flags);
+}
+
+/**
+ * Before importing a `.ts` trainer: unless the user started the process with a loader,
+ * register tsx from the trainer's own project (where `npm install --save-dev tsx` put it),
+ * so a trainer written in the caller's TypeScript project just runs.
+ */
+async function typescriptLoader(file: string): Promise<void> {
+  if (!TYPESCRIPT_FILE.test(file) || hasLoader()) return;
+  let loader: string;
+  try {
+    // tsx's main entry is its loader (what `--import tsx` runs), whatever the conditions.
+    loader = createRequire(file).resolve('tsx');
+  } catch {
+    throw new Error(
+      `${file} is a TypeScript file and Node needs a loader to run it: install tsx in its project (npm install --save-dev tsx), or name the compiled .js file`,
+    );
+  }
+  await import(pathToFileURL(loader).href);
+}
+
 async function loadTrainer(
   module: string,
   exportName: string,
 ): Promise<{ factory: TrainerFactory; file: string }> {
   const file = moduleFile(module);
+  await typescriptLoader(file);
   const mod = (await import(pathToFileURL(file).href)) as Record<string, unknown>;
   const found = mod[exportName];
   if (typeof found !== 'function') {

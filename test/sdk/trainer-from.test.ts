@@ -1,5 +1,6 @@
 import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
@@ -10,7 +11,10 @@ const ROOT = resolve(import.meta.dirname, '../..');
 const FIXTURE = join(import.meta.dirname, 'fixtures', 'own-trainer.ts');
 
 /** `worker.js --check` on the study's trainer, as the executor runs it before a study starts. */
-function check(nodeOptions: string): { ok: boolean; file?: string; error?: string } {
+function check(
+  nodeOptions: string,
+  module?: string,
+): { ok: boolean; file?: string; error?: string } {
   const worker = join(ROOT, 'dist', 'cli', 'worker.js');
   if (!existsSync(worker))
     throw new Error('dist/cli/worker.js is missing: run `npm run build` first');
@@ -23,7 +27,7 @@ function check(nodeOptions: string): { ok: boolean; file?: string; error?: strin
     env: {
       ...process.env,
       NODE_OPTIONS: nodeOptions,
-      STAGETREE_TRAINER_MODULE: trainer.module,
+      STAGETREE_TRAINER_MODULE: module ?? trainer.module,
       STAGETREE_TRAINER_EXPORT: trainer.export,
     },
   });
@@ -51,11 +55,15 @@ describe('trainerFrom', () => {
     });
   });
 
-  it('a .ts trainer loads in a worker under a TypeScript loader, and only then', () => {
-    const plain = check('');
+  it('a .ts trainer loads in a worker: tsx from its own project, or the loader the user gave', () => {
+    expect(check('')).toMatchObject({ ok: true, file: FIXTURE });
+    expect(check('--import tsx')).toMatchObject({ ok: true, file: FIXTURE });
+    // A project without tsx: a clear error saying what to do.
+    const elsewhere = join(mkdtempSync(join(tmpdir(), 'stagetree-no-tsx-')), 'own-trainer.ts');
+    copyFileSync(FIXTURE, elsewhere);
+    const plain = check('', elsewhere);
     expect(plain.ok).toBe(false);
-    expect(plain.error).toMatch(/Unknown file extension "\.ts"/);
-    const loaded = check('--import tsx');
-    expect(loaded).toMatchObject({ ok: true, file: FIXTURE });
+    expect(plain.error).toContain(`${elsewhere} is a TypeScript file and Node needs a loader`);
+    expect(plain.error).toContain('npm install --save-dev tsx');
   });
 });
