@@ -15,13 +15,21 @@ worker pool sets them):
   ``(0, 1]``; default 1.
 - ``CUDA_VISIBLE_DEVICES``: the GPUs it may use (reported to the engine).
 - ``STAGETREE_CONNECT_TIMEOUT``: seconds to wait for the engine; default 30.
+- ``STAGETREE_CHUNK_SECONDS``: about how long one ``train()`` call lasts (see below);
+  default ``CHUNK_SECONDS`` (10).
 
 The protocol (``proto/stagetree/v1/worker.proto``): the worker dials the engine, opens
 ``WorkerHubService.Connect``, sends ``Register``, waits for ``Welcome``, then sends a
 ``Heartbeat`` every ``heartbeat_seconds`` from a thread and serves ``RunTask`` one at a
-time with one trainer instance kept across tasks. ``CancelTask`` stops the running task
-at the next step (``hp(step)`` raises ``Cancelled``) and drops the trainer's state; a
-task cancelled after its last step (while it saves or evaluates) sends no result.
+time with one trainer instance kept across tasks. Each run is trained in chunks of about
+``STAGETREE_CHUNK_SECONDS`` (one ``train()`` call and one ``Progress`` each, sized by the
+pace of the task's last chunk; a task's first chunk is one step). ``CancelTask`` stops the
+running task at the next step (``hp(step)`` raises ``Cancelled``) and drops the trainer's
+state; a task cancelled after its last step (while it saves or evaluates) sends no result.
+``CutTask`` stops the task at the first chunk boundary strictly inside its last run: the
+worker answers ``CutAt`` and waits, holding the state, for ``SaveCut``, which saves it
+under the engine's key and ends the task there (``TaskDone``); a cut that comes during
+the last chunk changes nothing, and a cancel while it waits is a cancel (no result).
 ``Shutdown`` cancels the running task, starts no other and ends the process with status
 0 within a few seconds (at once, without the task's result, if the trainer does not
 reach a step boundary within ``SHUTDOWN_GRACE_SECONDS``). Losing the engine (the stream
@@ -43,6 +51,7 @@ import hashlib
 import importlib
 import inspect
 import json
+import math
 import os
 import queue
 import sys
@@ -89,6 +98,15 @@ DRAIN_SECONDS = 2.0
 
 #: How often the worker checks that its parent process (the engine) is still there.
 PARENT_POLL_SECONDS = 0.2
+
+#: A task's runs are trained in chunks of about this many seconds (one train() call each,
+#: sized by the pace of the task's last chunk; a task's first chunk is one step): the
+#: points where Progress is sent and a CutTask can stop the task (a paused study's stage
+#: stops within about this long). Long enough that a trainer's per-call cost (a data
+#: loader's start, say) stays small. STAGETREE_CHUNK_SECONDS sets it for a worker; the
+#: TypeScript runtime's CHUNK_SECONDS is the same.
+CHUNK_SECONDS = 10.0
+CHUNK_SECONDS_ENV = "STAGETREE_CHUNK_SECONDS"
 
 #: The largest message either side sends or accepts (gRPC's max_send_message_length and
 #: max_receive_message_length on the channel; worker.proto, TaskFailed.reason).
@@ -162,6 +180,8 @@ class WorkerConfig:
     gpu_share: float = 1.0
     gpus: tuple[int, ...] = ()
     connect_timeout: float = 30.0
+    #: STAGETREE_CHUNK_SECONDS: about how long one train() call lasts.
+    chunk_seconds: float = CHUNK_SECONDS
     #: STAGETREE_WORKER_SECRET, sent in Register.secret; kept out of repr() and logs.
     secret: str = field(default="", repr=False)
 
@@ -225,6 +245,13 @@ def config_from_env(env: Mapping[str, str] | None = None) -> WorkerConfig:
         timeout = float("nan")
     if not timeout > 0:
         raise ConfigError(f"STAGETREE_CONNECT_TIMEOUT: expected seconds > 0, got {timeout_raw!r}")
+    chunk_raw = env.get(CHUNK_SECONDS_ENV, "").strip()
+    try:
+        chunk = float(chunk_raw) if chunk_raw else CHUNK_SECONDS
+    except ValueError:
+        chunk = float("nan")
+    if not 0 < chunk < math.inf:
+        raise ConfigError(f"{CHUNK_SECONDS_ENV}: expected seconds > 0, got {chunk_raw!r}")
     return WorkerConfig(
         engine=engine,
         worker_id=worker_id,
@@ -232,6 +259,7 @@ def config_from_env(env: Mapping[str, str] | None = None) -> WorkerConfig:
         gpu_share=share,
         gpus=_parse_gpus(env.get("CUDA_VISIBLE_DEVICES")),
         connect_timeout=timeout,
+        chunk_seconds=chunk,
         secret=secret,
     )
 
@@ -351,7 +379,12 @@ def _pb() -> tuple[Any, Any]:
     except ImportError as e:  # pragma: no cover - depends on the checkout
         raise ConfigError(f"the protocol stubs are missing ({e}): run python/gen.sh first") from e
     # Stubs generated from an older worker.proto lack fields this runtime sends or reads.
-    for message, name in (("Register", "secret"), ("Welcome", "worker_id")):
+    for message, name in (
+        ("Register", "secret"),
+        ("Welcome", "worker_id"),
+        ("ConnectRequest", "cut_at"),
+        ("ConnectResponse", "save_cut"),
+    ):
         if name not in getattr(worker_pb2, message).DESCRIPTOR.fields_by_name:
             raise ConfigError(
                 f"the protocol stubs are out of date ({message} has no field {name}): "
@@ -425,6 +458,19 @@ def _parse_runs(msg: Any) -> list[_Run]:
         if runs[k].params_json != runs[0].params_json:
             raise ProtocolError(f"runs[{k}]: params differ from runs[0] within one task")
     return runs
+
+
+def _chunk_steps(rate: float | None, left: int, chunk_seconds: float = CHUNK_SECONDS) -> int:
+    """The steps of the next chunk when ``left`` steps of the run remain and the task's
+    last chunk took ``rate`` seconds per step (None: none measured yet, so one step)."""
+    if rate is None:
+        return min(1, left)
+    if rate <= 0:
+        return left
+    per_chunk = chunk_seconds / rate  # a float; floor() of it could be huge, so compare first
+    if per_chunk >= left:
+        return left
+    return max(1, math.floor(per_chunk))
 
 
 def _metrics(raw: Any) -> dict[str, float]:
@@ -531,6 +577,11 @@ class Worker:
         self._idle.set()
         self._cancel = threading.Event()  # set: the running task must stop
         self._cancelled: set[int] = set()  # ids cancelled before they started
+        self._cuts: set[int] = set()  # ids the engine asked to cut short, until they end
+        self._cut_waiting = 0  # the task waiting for its SaveCut (after CutAt), 0 if none
+        self._cut_key: str | None = None  # the key its SaveCut named, None until it comes
+        # Notified (under _lock) when a SaveCut comes or the waiting task is cancelled.
+        self._cut_changed = threading.Condition(self._lock)
         self._dropped = 0  # results not sent because their task was cancelled first
         self._exit: tuple[int, str] | None = None
         self._exit_printed = False
@@ -639,7 +690,9 @@ class Worker:
             with self._lock:
                 skip = payload.task_id in self._cancelled or self._exit is not None
                 self._cancelled.discard(payload.task_id)
-                if not skip:
+                if skip:
+                    self._cuts.discard(payload.task_id)
+                else:
                     self._running = payload.task_id
                     self._idle.clear()
                     self._cancel.clear()
@@ -653,6 +706,9 @@ class Worker:
             finally:
                 with self._lock:
                     self._running = 0
+                    self._cuts.discard(payload.task_id)
+                    self._cut_waiting = 0
+                    self._cut_key = None
                     if self._exit is None:
                         self._cancel.clear()
                     self._idle.set()
@@ -700,6 +756,7 @@ class Worker:
                 return
             self._exit = (code, message)
             self._cancel.set()
+            self._cut_changed.notify_all()  # a task waiting for SaveCut stops waiting
         self._events.put(("wake", None))
 
         def watchdog() -> None:
@@ -788,6 +845,10 @@ class Worker:
                     self._events.put(("run", msg.run))
                 elif kind == "cancel":
                     self._on_cancel(msg.cancel.task_id)
+                elif kind == "cut":
+                    self._on_cut(msg.cut.task_id)
+                elif kind == "save_cut":
+                    self._on_save_cut(msg.save_cut.task_id, msg.save_cut.key)
                 elif kind == "shutdown":
                     # Keep reading (and ignoring) until the engine ends the stream.
                     self._stop(EXIT_OK, f"shutdown: {msg.shutdown.reason}")
@@ -808,9 +869,27 @@ class Worker:
         with self._lock:
             if task_id == self._running and task_id != 0:
                 self._cancel.set()
+                self._cut_changed.notify_all()  # a task waiting for SaveCut stops waiting
             else:
                 # Not started yet (or already finished, then this changes nothing).
                 self._cancelled.add(task_id)
+
+    def _on_cut(self, task_id: int) -> None:
+        """CutTask: the running task (or, when it starts, a queued one) stops at the first
+        chunk boundary strictly inside its last run. Remembered until the task ends (a cut
+        for a task that already ended changes nothing)."""
+        if task_id == 0:
+            return
+        with self._lock:
+            self._cuts.add(task_id)
+
+    def _on_save_cut(self, task_id: int, key: str) -> None:
+        """SaveCut: the key the waiting task saves its cut state under. Ignored unless
+        that task waits for it (a late or stray answer changes nothing)."""
+        with self._lock:
+            if task_id != 0 and task_id == self._cut_waiting and self._cut_key is None:
+                self._cut_key = key
+                self._cut_changed.notify_all()
 
     def _beat(self) -> None:
         while not self._closed.wait(self._heartbeat_seconds):
@@ -910,30 +989,24 @@ class Worker:
 
             held = self._held
             assert held is not None
-            for run in runs:
-                if held.step is not None and run.start != held.step:
-                    raise ProtocolError(
-                        f"stage {run.stage_id} starts at step {run.start}, but the state "
-                        f"is at step {held.step}"
-                    )
-                self._check_cancel()
-                hp = Hp(run.schedules, run.start, run.end, check=self._check_cancel)
-                held.keys = set()  # training changes the state
-                held.step = None
-                t = clock()
-                self.trainer.train(run.start, run.end, hp)
-                seconds["train"] += clock() - t
-                held.step = run.end
-                self._send(progress=self._pb2.Progress(task_id=task_id, step=run.end))
+            cut_key = self._train(task_id, runs, held, seconds)
             self._check_cancel()
 
-            if msg.save_after:
+            if cut_key is not None:
+                # Cut short: the task now ends at the cut step, saved under the engine's
+                # key (its save_after and end_key name the uncut end, which never came).
                 t = clock()
-                self._save(msg.save_after, "save_after")
+                self._save(cut_key, "save_cut")
                 seconds["save"] += clock() - t
-                held.keys.add(msg.save_after)
-            if msg.end_key:
-                held.keys.add(msg.end_key)
+                held.keys = {cut_key}
+            else:
+                if msg.save_after:
+                    t = clock()
+                    self._save(msg.save_after, "save_after")
+                    seconds["save"] += clock() - t
+                    held.keys.add(msg.save_after)
+                if msg.end_key:
+                    held.keys.add(msg.end_key)
 
             t = clock()
             metrics = _metrics(self.trainer.evaluate())
@@ -978,6 +1051,66 @@ class Worker:
             self._failed(
                 task_id, REASON_TRAINER, f"{type(e).__name__}: {e}", traceback.format_exc()
             )
+
+    def _train(
+        self, task_id: int, runs: list[_Run], held: _Held, seconds: dict[str, float]
+    ) -> str | None:
+        """Trains the task's runs in chunks (see ``CHUNK_SECONDS``), sending Progress
+        after each. Returns None when every run was trained to its end, or the SaveCut key
+        when the task was cut short (``held.step`` is then the cut step)."""
+        clock = time.monotonic
+        rate: float | None = None  # seconds per step of the task's last chunk
+        for k, run in enumerate(runs):
+            if held.step is not None and run.start != held.step:
+                raise ProtocolError(
+                    f"stage {run.stage_id} starts at step {run.start}, but the state "
+                    f"is at step {held.step}"
+                )
+            last = k == len(runs) - 1
+            held.keys = set()  # training changes the state
+            at = run.start
+            while at < run.end:
+                self._check_cancel()
+                to = at + _chunk_steps(rate, run.end - at, self.config.chunk_seconds)
+                hp = Hp(run.schedules, at, to, check=self._check_cancel)
+                held.step = None  # unknown if train() fails half-way
+                t = clock()
+                self.trainer.train(at, to, hp)
+                elapsed = clock() - t
+                seconds["train"] += elapsed
+                rate = elapsed / (to - at)
+                self._check_cancel()
+                held.step = to
+                self._send(progress=self._pb2.Progress(task_id=task_id, step=to))
+                if last and to < run.end:
+                    key = self._await_save_cut(task_id, to)
+                    if key is not None:
+                        return key
+                at = to
+        return None
+
+    def _await_save_cut(self, task_id: int, step: int) -> str | None:
+        """At a chunk boundary at ``step`` strictly inside the task's last run: if the
+        engine asked to cut the task, sends CutAt and blocks until its SaveCut comes
+        (returns its key); None when no cut was asked for. A cancel, a Shutdown or a lost
+        engine while it waits raises Cancelled (the state is dropped, no result)."""
+        with self._lock:
+            if task_id not in self._cuts:
+                return None
+            if self._cancel.is_set():
+                raise Cancelled()
+            self._cut_waiting = task_id
+            self._cut_key = None
+            self._send(cut_at=self._pb2.CutAt(task_id=task_id, step=step))
+            # wait() releases the lock: heartbeats, cancels and SaveCut go on meanwhile.
+            while self._cut_key is None and not self._cancel.is_set():
+                self._cut_changed.wait()
+            key = self._cut_key
+            self._cut_waiting = 0
+            self._cut_key = None
+            if self._cancel.is_set() or key is None:
+                raise Cancelled()
+            return key
 
     def _failed(self, task_id: int, reason: str, message: str, detail: str) -> None:
         self._drop_state()

@@ -39,6 +39,8 @@ class FakeEngine(pb_grpc.WorkerHubServiceServicer):
             self.address = f"127.0.0.1:{self.port}"
         self.server.start()
         self.heartbeats: list[int] = []
+        #: (task_id, step) of every Progress that expect() or wait_heartbeat() skipped.
+        self.skipped_progress: list[tuple[int, int]] = []
 
     # grpc handler: one worker stream
     def Connect(self, request_iterator: Any, context: Any) -> Any:
@@ -81,12 +83,46 @@ class FakeEngine(pb_grpc.WorkerHubServiceServicer):
                     continue
             return msg
 
+    def _next_by(self, deadline: float, kind: str, timeout: float) -> Any:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"no {kind} from the worker within {timeout} s")
+        return self.next(left)
+
     def expect(self, kind: str, timeout: float = 10.0) -> Any:
-        msg = self.next(timeout)
-        assert msg is not None, f"expected {kind}, the worker's stream closed"
-        got = msg.WhichOneof("body")
-        assert got == kind, f"expected {kind}, got {got}: {msg}"
-        return getattr(msg, kind)
+        """The next message, which must be of ``kind``. Progress messages before it are
+        skipped (recorded in ``skipped_progress``) unless ``kind`` is "progress": the
+        worker sends one per chunk, and how many chunks a run takes depends on its pace
+        (use ``progress_then`` to see them all)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            msg = self._next_by(deadline, kind, timeout)
+            assert msg is not None, f"expected {kind}, the worker's stream closed"
+            got = msg.WhichOneof("body")
+            if got == "progress" and kind != "progress":
+                self.skipped_progress.append((msg.progress.task_id, msg.progress.step))
+                continue
+            assert got == kind, f"expected {kind}, got {got}: {msg}"
+            return getattr(msg, kind)
+
+    def progress_then(
+        self, task_id: int, kind: str, timeout: float = 10.0
+    ) -> tuple[list[int], Any]:
+        """The steps of every Progress the worker sends for ``task_id``, then the next
+        message of another kind, which must be ``kind`` and for the same task:
+        ``(steps, that message's body)``."""
+        deadline = time.monotonic() + timeout
+        steps: list[int] = []
+        while True:
+            msg = self._next_by(deadline, kind, timeout)
+            assert msg is not None, f"expected {kind} for task {task_id}, the stream closed"
+            got = msg.WhichOneof("body")
+            body = getattr(msg, got)
+            assert body.task_id == task_id, f"expected task {task_id}, got {got}: {msg}"
+            if got != "progress":
+                assert got == kind, f"expected {kind} (after progress {steps}), got {got}: {msg}"
+                return steps, body
+            steps.append(body.step)
 
     def wait_heartbeat(self, task_id: int, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
@@ -96,6 +132,9 @@ class FakeEngine(pb_grpc.WorkerHubServiceServicer):
             kind = msg.WhichOneof("body")
             if kind == "heartbeat" and msg.heartbeat.task_id == task_id:
                 return
+            if kind == "progress":  # a running task's chunks
+                self.skipped_progress.append((msg.progress.task_id, msg.progress.step))
+                continue
             assert kind == "heartbeat", f"expected only heartbeats, got {kind}: {msg}"
         raise AssertionError(f"no heartbeat for task {task_id} within {timeout} s")
 

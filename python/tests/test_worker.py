@@ -30,7 +30,13 @@ from trainers import TestTrainer
 
 from stagetree.checkpoints import OLD_MAGIC, read_checkpoint, write_checkpoint
 from stagetree.schedule import Hp, Schedule
-from stagetree.worker import MAX_MESSAGE_BYTES
+from stagetree.worker import (
+    CHUNK_SECONDS,
+    MAX_MESSAGE_BYTES,
+    ConfigError,
+    _chunk_steps,
+    config_from_env,
+)
 
 PARAMS = {"seed": 3, "dim": 5, "samples": 32, "batch": 4}
 
@@ -92,10 +98,9 @@ class Session:
         return self.proc.returncode, out, err
 
 
-@pytest.fixture
-def session(tmp_path: Path) -> Iterator[Session]:
+def _session(tmp_path: Path, **env: str) -> Iterator[Session]:
     engine = FakeEngine()
-    proc = start_worker(worker_env(engine.address))
+    proc = start_worker(worker_env(engine.address, **env))
     s = Session(engine, proc, tmp_path / "ckpt")
     try:
         yield s
@@ -104,6 +109,17 @@ def session(tmp_path: Path) -> Iterator[Session]:
             proc.kill()
             proc.communicate()
         engine.stop()
+
+
+@pytest.fixture
+def session(tmp_path: Path) -> Iterator[Session]:
+    yield from _session(tmp_path)
+
+
+@pytest.fixture
+def chunked(tmp_path: Path) -> Iterator[Session]:
+    """A worker that trains in chunks of about 1 s (STAGETREE_CHUNK_SECONDS), not 10."""
+    yield from _session(tmp_path, STAGETREE_CHUNK_SECONDS="1")
 
 
 def test_register_tasks_memory_checkpoints_and_shutdown(session: Session) -> None:
@@ -129,9 +145,9 @@ def test_register_tasks_memory_checkpoints_and_shutdown(session: Session) -> Non
             end_key="Ka",
         )
     )
-    assert e.expect("progress").step == 10
-    done = e.expect("done")
-    assert done.task_id == 1
+    # A task's first chunk is one step; the rest of this fast run is one more.
+    steps, done = e.progress_then(1, "done")
+    assert steps == [1, 10]
     assert exact(done.metrics) == exact(local([(0, 10)]).evaluate())
     assert set(done.seconds) == {"start", "init", "save", "load", "train", "evaluate"}
     assert done.seconds["start"] > 0 and done.seconds["init"] > 0 and done.seconds["save"] > 0
@@ -142,9 +158,8 @@ def test_register_tasks_memory_checkpoints_and_shutdown(session: Session) -> Non
     session.task(
         run_task(2, [stage_run("S2", 10, 20, PARAMS, schedules())], memory="Ka", end_key="K20")
     )
-    assert e.expect("progress").step == 20
-    done = e.expect("done")
-    assert done.task_id == 2
+    steps, done = e.progress_then(2, "done")
+    assert steps == [11, 20]
     assert exact(done.metrics) == exact(whole.evaluate())
     assert done.seconds["start"] == done.seconds["init"] == done.seconds["load"] == 0.0
 
@@ -163,9 +178,8 @@ def test_register_tasks_memory_checkpoints_and_shutdown(session: Session) -> Non
             end_key="Kc",
         )
     )
-    assert e.expect("progress").step == 15
-    assert e.expect("progress").step == 20
-    done = e.expect("done")
+    steps, done = e.progress_then(3, "done")
+    assert steps == [11, 15, 20]  # one step, the rest of the first run, the second run
     assert exact(done.metrics) == exact(whole.evaluate())
     assert done.seconds["load"] > 0
     assert read_checkpoint(session.ckpt, "K20") == whole.save()
@@ -336,6 +350,8 @@ def test_unreachable_engine(tmp_path: Path) -> None:
         ({"STAGETREE_ENGINE": "localhost"}, "STAGETREE_ENGINE: expected host:port"),
         ({"STAGETREE_ENGINE": "unix:"}, "STAGETREE_ENGINE: expected unix:/path"),
         ({"STAGETREE_GPU_SHARE": "1.5"}, "STAGETREE_GPU_SHARE: expected a number in (0, 1]"),
+        ({"STAGETREE_CHUNK_SECONDS": "0"}, "STAGETREE_CHUNK_SECONDS: expected seconds > 0"),
+        ({"STAGETREE_CHUNK_SECONDS": "soon"}, "STAGETREE_CHUNK_SECONDS: expected seconds > 0"),
         ({"STAGETREE_TRAINER": "trainers:Unconstructible"}, "cannot construct the trainer"),
     ],
 )
@@ -510,6 +526,7 @@ def test_cancel_while_saving_sends_no_result(session: Session) -> None:
             end_key="K3",
         )
     )
+    assert e.expect("progress").step == 1  # a task's first chunk: one step
     assert e.expect("progress").step == 3  # the last step is done; it saves now
     e.send(cancel=session.engine_pb().CancelTask(task_id=1))
     e.wait_heartbeat(0, timeout=5)  # only heartbeats: no TaskDone for task 1
@@ -763,3 +780,242 @@ def test_traceback_in_detail_and_seconds_by_phase(session: Session) -> None:
     assert failed.detail.startswith("Traceback (most recent call last):")
     assert 'trainers.py", line' in failed.detail and "in train" in failed.detail
     assert failed.detail.rstrip().endswith("ValueError: boom at step 1")
+
+
+# ---------------------------------------------------------------- chunks and cuts
+
+
+def test_chunk_steps() -> None:
+    assert CHUNK_SECONDS == 10.0  # the TypeScript runtime's too
+    assert _chunk_steps(None, 500) == 1  # nothing measured yet: one step
+    assert _chunk_steps(0.0, 500) == 500  # too fast to measure: the rest of the run
+    assert _chunk_steps(0.3, 500) == 33  # floor(10 / 0.3)
+    assert _chunk_steps(0.3, 500, 1.0) == 3  # floor(1 / 0.3)
+    assert _chunk_steps(0.01, 500, 1.0) == 100
+    assert _chunk_steps(0.01, 40, 1.0) == 40  # never past the run's end
+    assert _chunk_steps(5.0, 500, 1.0) == 1  # a step slower than a chunk: one step
+    assert _chunk_steps(1e-300, 7) == 7  # no huge floor() of a tiny pace
+
+
+def test_chunk_seconds_from_the_environment() -> None:
+    env = {
+        "STAGETREE_ENGINE": "127.0.0.1:1",
+        "STAGETREE_WORKER_ID": "w",
+        "STAGETREE_WORKER_SECRET": "s",
+        "STAGETREE_TRAINER": "m:C",
+    }
+    assert config_from_env(env).chunk_seconds == CHUNK_SECONDS
+    assert config_from_env({**env, "STAGETREE_CHUNK_SECONDS": ""}).chunk_seconds == 10.0
+    assert config_from_env({**env, "STAGETREE_CHUNK_SECONDS": "0.25"}).chunk_seconds == 0.25
+    bad = 0
+    for value in ("0", "-1", "inf", "nan", "soon"):
+        with pytest.raises(ConfigError, match="STAGETREE_CHUNK_SECONDS: expected seconds > 0"):
+            config_from_env({**env, "STAGETREE_CHUNK_SECONDS": value})
+        bad += 1
+    assert bad == 5
+
+
+def test_runs_are_trained_in_chunks_sized_by_the_pace(session: Session) -> None:
+    e = session.engine
+    session.welcome()
+    # Fast steps: a task's first chunk is one step, the rest of the run one chunk.
+    session.task(
+        run_task(1, [stage_run("S1", 0, 50, PARAMS, schedules())], init=True, end_key="K50")
+    )
+    steps, done = e.progress_then(1, "done")
+    assert steps == [1, 50]
+    assert exact(done.metrics) == exact(local([(0, 50)]).evaluate())
+    # Each task measures its own pace: one step first again.
+    session.task(
+        run_task(2, [stage_run("S2", 50, 80, PARAMS, schedules())], memory="K50", end_key="K80")
+    )
+    steps, done = e.progress_then(2, "done")
+    assert steps == [51, 80]
+    assert exact(done.metrics) == exact(local([(0, 80)]).evaluate())
+    # 60 steps of 20 ms fit in one chunk of the default 10 s.
+    slow = {**PARAMS, "stepDelayMs": 20}
+    session.task(run_task(3, [stage_run("S1", 0, 60, slow, schedules())], init=True))
+    steps, done = e.progress_then(3, "done")
+    assert steps == [1, 60]
+    assert exact(done.metrics) == exact(local([(0, 60)]).evaluate())
+
+
+def test_chunks_of_slow_steps_give_what_one_train_call_gives(chunked: Session) -> None:
+    e = chunked.engine
+    chunked.welcome()
+    slow = {**PARAMS, "stepDelayMs": 30}  # changes no metric
+    chunked.task(run_task(1, [stage_run("S1", 0, 60, slow, schedules())], init=True))
+    steps, done = e.progress_then(1, "done", timeout=20)
+    assert steps[0] == 1 and steps[-1] == 60, steps
+    # A step takes at least 30 ms, so a chunk of about a second has at most 33 steps.
+    limit = int(CHUNK_SECONDS / 0.030)
+    checked = 0
+    for a, b in zip(steps, steps[1:]):
+        assert 1 <= b - a <= limit, steps
+        checked += 1
+    assert checked == len(steps) - 1 >= 2  # [0, 1) and at least two more chunks
+    assert done.seconds["train"] >= 60 * 0.030
+    # Bit for bit what one train(0, 60) call gives.
+    assert exact(done.metrics) == exact(local([(0, 60)]).evaluate())
+
+
+def _cut_after_first_chunk(e: FakeEngine, task_id: int, pause: float = 0.1) -> None:
+    """Waits for the task's one-step first chunk, then (inside the next chunk) sends
+    CutTask."""
+    assert e.expect("progress").step == 1
+    time.sleep(pause)  # well inside the next chunk, past the boundary check at step 1
+    e.send(cut=Session.engine_pb().CutTask(task_id=task_id))
+
+
+def test_cut_mid_run_saves_where_it_stopped_and_continues_bit_for_bit(
+    chunked: Session,
+) -> None:
+    e = chunked.engine
+    pb = chunked.engine_pb()
+    chunked.welcome()
+    slow = {**PARAMS, "stepDelayMs": 20}
+    chunked.task(
+        run_task(
+            1,
+            [stage_run("S1", 0, 100, slow, schedules())],
+            init=True,
+            save_after="K100",
+            end_key="K100",
+        )
+    )
+    _cut_after_first_chunk(e, 1)
+    steps, cut = e.progress_then(1, "cut_at")
+    step = cut.step
+    assert 1 < step < 100
+    assert steps == [step]  # the chunk's progress, then CutAt at its end
+    e.wait_heartbeat(1)  # it waits for SaveCut, heart-beating
+    e.send(save_cut=pb.SaveCut(task_id=1, key="Kcut"))
+    steps, done = e.progress_then(1, "done")
+    assert steps == []
+    assert exact(done.metrics) == exact(local([(0, step)]).evaluate())
+    assert done.seconds["save"] > 0
+    assert read_checkpoint(chunked.ckpt, "Kcut") == local([(0, step)]).save()
+    assert not (chunked.ckpt / "K100.ckpt").exists()  # save_after is not used
+    whole = exact(local([(0, 100)]).evaluate())
+    # It holds the cut state in memory, known by the cut key: the rest of the run from
+    # there is bit for bit the uninterrupted run.
+    chunked.task(
+        run_task(2, [stage_run("S1b", step, 100, slow, schedules())], memory="Kcut")
+    )
+    steps, done = e.progress_then(2, "done", timeout=20)
+    assert steps[-1] == 100
+    assert exact(done.metrics) == whole
+    # And so it is from the checkpoint.
+    chunked.task(
+        run_task(3, [stage_run("S1b", step, 100, slow, schedules())], checkpoint="Kcut")
+    )
+    steps, done = e.progress_then(3, "done", timeout=20)
+    assert steps[-1] == 100
+    assert exact(done.metrics) == whole
+    assert done.seconds["load"] > 0
+
+
+def test_cut_in_the_last_chunk_finishes_the_task(chunked: Session) -> None:
+    e = chunked.engine
+    pb = chunked.engine_pb()
+    chunked.welcome()
+    slow = {**PARAMS, "stepDelayMs": 100}
+    chunked.task(
+        run_task(
+            1,
+            [stage_run("S1", 0, 6, slow, schedules())],
+            init=True,
+            save_after="K6",
+            end_key="K6",
+        )
+    )
+    # At 100 ms a step, the rest of the run ([1, 6), 0.5 s) is one chunk: the last.
+    _cut_after_first_chunk(e, 1, pause=0.15)
+    steps, done = e.progress_then(1, "done")  # no CutAt
+    assert steps == [6]
+    assert exact(done.metrics) == exact(local([(0, 6)]).evaluate())
+    assert read_checkpoint(chunked.ckpt, "K6") == local([(0, 6)]).save()
+    # A SaveCut for a task that does not wait for one is ignored.
+    e.send(save_cut=pb.SaveCut(task_id=1, key="Kstray"))
+    chunked.task(
+        run_task(2, [stage_run("S2", 6, 8, slow, schedules())], memory="K6", end_key="K8")
+    )
+    steps, done = e.progress_then(2, "done")
+    assert steps == [7, 8]
+    assert exact(done.metrics) == exact(local([(0, 8)]).evaluate())
+    assert sorted(p.name for p in chunked.ckpt.iterdir()) == ["K6.ckpt"]
+
+
+def test_cancel_while_waiting_for_save_cut_drops_the_state(chunked: Session) -> None:
+    e = chunked.engine
+    pb = chunked.engine_pb()
+    chunked.welcome()
+    slow = {**PARAMS, "stepDelayMs": 20}
+    chunked.task(
+        run_task(1, [stage_run("S1", 0, 100, slow, schedules())], init=True, end_key="K100")
+    )
+    _cut_after_first_chunk(e, 1)
+    _, cut = e.progress_then(1, "cut_at")
+    e.send(cancel=pb.CancelTask(task_id=1))
+    e.wait_heartbeat(0, timeout=5)  # idle, and no result for task 1
+    e.send(save_cut=pb.SaveCut(task_id=1, key="Klate"))  # too late: ignored
+    chunked.task(
+        run_task(2, [stage_run("S1b", cut.step, 100, slow, schedules())], memory="")
+    )
+    steps, failed = e.progress_then(2, "failed")  # nothing from task 1 in between
+    assert steps == []
+    assert failed.reason == "worker" and "holds no state" in failed.message
+    assert not chunked.ckpt.exists() or list(chunked.ckpt.iterdir()) == []
+    # Shutdown while a task waits for SaveCut: no result, status 0, at once.
+    chunked.task(run_task(3, [stage_run("S1", 0, 1000, slow, schedules())], init=True))
+    _cut_after_first_chunk(e, 3)
+    e.progress_then(3, "cut_at")
+    e.send(shutdown=pb.Shutdown(reason="bye"))
+    t0 = time.monotonic()
+    code, err = chunked.wait_exit(timeout=10)
+    assert time.monotonic() - t0 < 3.0
+    assert code == 0 and err == "", err
+    msg = e.next(timeout=5)
+    assert msg is None, msg  # no TaskDone for task 3: the stream ends
+
+
+def test_cut_during_a_recomputation_lands_in_the_last_run(chunked: Session) -> None:
+    e = chunked.engine
+    pb = chunked.engine_pb()
+    chunked.welcome()
+    slow = {**PARAMS, "stepDelayMs": 20}
+    runs = [stage_run("R", 0, 30, slow, schedules()), stage_run("S", 30, 100, slow, schedules())]
+    chunked.task(run_task(1, runs, init=True, save_after="K100", end_key="K100"))
+    _cut_after_first_chunk(e, 1)  # during the re-computed run [0, 30)
+    steps, cut = e.progress_then(1, "cut_at")
+    assert 30 in steps  # the re-computation ran to its end
+    assert 30 < cut.step < 100  # and the cut came inside the last run
+    assert steps[-1] == cut.step
+    e.send(save_cut=pb.SaveCut(task_id=1, key="Kcut"))
+    _, done = e.progress_then(1, "done")
+    assert exact(done.metrics) == exact(local([(0, cut.step)]).evaluate())
+    assert read_checkpoint(chunked.ckpt, "Kcut") == local([(0, cut.step)]).save()
+    # The worker holds the cut state as Kcut, not as the task's end key.
+    chunked.task(run_task(2, [stage_run("S2", 100, 101, slow, schedules())], memory="K100"))
+    failed = e.expect("failed")
+    assert failed.task_id == 2 and failed.reason == "worker"
+    assert "holds Kcut" in failed.message
+
+
+def test_cut_for_a_queued_task_applies_when_it_starts(chunked: Session) -> None:
+    e = chunked.engine
+    pb = chunked.engine_pb()
+    chunked.welcome()
+    chunked.task(
+        run_task(1, [stage_run("S1", 0, 3, {**PARAMS, "stepDelayMs": 100}, schedules())], init=True)
+    )
+    slow = {**PARAMS, "stepDelayMs": 20}
+    chunked.task(run_task(2, [stage_run("S2", 0, 100, slow, schedules())], init=True))
+    e.send(cut=pb.CutTask(task_id=2))  # task 2 waits in the queue
+    steps, done = e.progress_then(1, "done")
+    assert steps == [1, 3]  # task 1 is not cut
+    steps, cut = e.progress_then(2, "cut_at")
+    assert steps == [1] and cut.step == 1  # the first boundary of task 2: after one step
+    e.send(save_cut=pb.SaveCut(task_id=2, key="Kq"))
+    _, done = e.progress_then(2, "done")
+    assert exact(done.metrics) == exact(local([(0, cut.step)]).evaluate())

@@ -8,8 +8,10 @@ export type StudyInput = object;
 export interface ConnectOptions {
   /** The engine's token (`serve --token-file`); default $STAGETREE_TOKEN. */
   readonly token?: string;
-  /** The CA certificate (PEM, or a path to one) of a TLS engine. */
+  /** The CA certificate (PEM text or bytes, or a path to a PEM file) of a TLS engine. */
   readonly ca?: Buffer | string;
+  /** Speak TLS, trusting the system's CAs unless `ca` is given (`ca` implies TLS). */
+  readonly tls?: boolean;
 }
 
 export interface SubmitOptions {
@@ -104,13 +106,16 @@ export function connect(address?: string, options: ConnectOptions = {}): Client 
   const ca =
     options.ca === undefined
       ? undefined
-      : typeof options.ca === 'string'
-        ? readFileSync(options.ca)
-        : options.ca;
+      : typeof options.ca !== 'string'
+        ? options.ca
+        : options.ca.includes('-----BEGIN')
+          ? Buffer.from(options.ca)
+          : readFileSync(options.ca);
+  const tls = ca !== undefined ? { tls: { ca } } : options.tls === true ? { tls: {} } : {};
   return new Client(
     connectEngine(address ?? process.env.STAGETREE_SERVER ?? '127.0.0.1:7700', {
       ...(token !== undefined && token !== '' ? { token } : {}),
-      ...(ca !== undefined ? { tls: { ca } } : {}),
+      ...tls,
     }),
   );
 }

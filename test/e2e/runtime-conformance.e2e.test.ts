@@ -431,17 +431,16 @@ async function conformance(runtime: Runtime): Promise<Transcript> {
 
     const slow = { ...PARAMS, stepDelayMs: 20 }; // chunks of 1 step, then about 50
     await check('a cancel during a slow task gives no result and drops the state', async () => {
-      peer.send({
-        kind: 'run',
-        task: {
+      // Cancelled after its first chunk (one step), inside its second.
+      await peer.start(
+        {
           taskId: 10,
-          saveFirst: null,
           restore: { from: 'init' },
           runs: runs([[0, 100_000]], slow),
-          saveAfter: null,
           endKey: 'Kslow',
         },
-      });
+        true,
+      );
       // Heart-beats name the running task.
       await peer.until('a heartbeat for task 10', () =>
         peer.heartbeats.includes(10) ? true : undefined,

@@ -1,11 +1,12 @@
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { connect } from '../../src/sdk/client.js';
 import type { Client } from '../../src/sdk/client.js';
+import { EngineUnavailableError } from '../../src/errors.js';
 import { parseStudy } from '../../src/study/index.js';
 import {
   alone,
@@ -16,6 +17,7 @@ import {
   studyMetrics,
   trainedStages,
 } from '../support/real-run.js';
+import { hasOpenssl, selfSignedCertificate } from '../support/tls.js';
 
 /**
  * The engine server for real: `stagetree serve` as a child process on 127.0.0.1 (port 0),
@@ -234,4 +236,51 @@ describe('stagetree serve and the SDK (real worker processes)', () => {
     clients.push(right);
     expect(await right.list()).toEqual([]);
   });
+
+  it.skipIf(!hasOpenssl)(
+    'serves TLS with a self-signed certificate: the SDK and the CLI trusting it run a study; others cannot connect',
+    async () => {
+      const store = mkdtempSync(join(tmpdir(), 'stagetree-serve-'));
+      const { cert, key } = selfSignedCertificate(store);
+      const tokenFile = join(store, 'token');
+      writeFileSync(tokenFile, 'tls-token-0123456789abcdef\n');
+      const { address } = await serve(store, [
+        '--token-file',
+        tokenFile,
+        '--tls-cert',
+        cert,
+        '--tls-key',
+        key,
+      ]);
+      const token = 'tls-token-0123456789abcdef';
+      const client = connect(address, { token, ca: readFileSync(cert) });
+      clients.push(client);
+      const s = study('epsilon', [10, 15]);
+      const info = await (await client.submit(s)).result();
+      expect(info.state).toBe('finished');
+      expect(studyMetrics(join(store, 'engine.db'), 'epsilon')).toEqual(await alone(parseStudy(s)));
+      // The CLI, given the CA and the token.
+      const listed = spawnSync(
+        process.execPath,
+        [
+          join(ROOT, 'bin', 'stagetree.js'),
+          'list',
+          '--json',
+          '--server',
+          address,
+          '--tls-ca',
+          cert,
+          '--token-file',
+          tokenFile,
+        ],
+        { encoding: 'utf8' },
+      );
+      expect(listed.status, listed.stderr).toBe(0);
+      expect((JSON.parse(listed.stdout) as { id: string }[]).map((x) => x.id)).toEqual(['epsilon']);
+      // A client that does not trust the certificate, or speaks plaintext, cannot connect.
+      const untrusted = connect(address, { token, tls: true });
+      clients.push(untrusted);
+      await expect(untrusted.list()).rejects.toThrow(EngineUnavailableError);
+    },
+  );
 });

@@ -1,4 +1,3 @@
-import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -32,6 +31,7 @@ import type {
   SubmitRequest as WireSubmitRequest,
 } from '../../src/gen/stagetree/v1/engine.js';
 import { connectEngine, isLoopback, startEngineServer } from '../../src/rpc/index.js';
+import { hasOpenssl, selfSignedCertificate } from '../support/tls.js';
 import type {
   EngineApi,
   EngineClient,
@@ -934,8 +934,6 @@ describe('engine service: the token', () => {
   });
 });
 
-const hasOpenssl = spawnSync('openssl', ['version']).status === 0;
-
 describe.skipIf(!hasOpenssl)(
   'engine service: TLS (a self-signed certificate made by openssl)',
   () => {
@@ -944,29 +942,9 @@ describe.skipIf(!hasOpenssl)(
     let key: Buffer;
     beforeAll(() => {
       dir = mkdtempSync(join(tmpdir(), 'stagetree-tls-'));
-      execFileSync(
-        'openssl',
-        [
-          'req',
-          '-x509',
-          '-newkey',
-          'rsa:2048',
-          '-nodes',
-          '-subj',
-          '/CN=localhost',
-          '-addext',
-          'subjectAltName=DNS:localhost,IP:127.0.0.1',
-          '-days',
-          '1',
-          '-keyout',
-          join(dir, 'key.pem'),
-          '-out',
-          join(dir, 'cert.pem'),
-        ],
-        { stdio: 'ignore' },
-      );
-      cert = readFileSync(join(dir, 'cert.pem'));
-      key = readFileSync(join(dir, 'key.pem'));
+      const made = selfSignedCertificate(dir);
+      cert = readFileSync(made.cert);
+      key = readFileSync(made.key);
     });
     afterAll(() => {
       rmSync(dir, { recursive: true, force: true });
