@@ -89,7 +89,15 @@ const TYPED: ReadonlyMap<status, (f: Failure) => Error> = new Map<status, (f: Fa
     },
   ],
   [status.INVALID_ARGUMENT, (f) => new InvalidRequestError(f.address, f.details)],
-  [status.FAILED_PRECONDITION, (f) => new EngineConflictError(f.address, f.details)],
+  [
+    status.FAILED_PRECONDITION,
+    // A conflict with a study's state, or (led by its code) a failure of the engine's
+    // machine or store the caller can act on: the trainer does not load, too many GPUs.
+    (f) =>
+      /^STAGETREE_[A-Z_]+: /.test(f.details)
+        ? new EngineCallError(f.address, 'FAILED_PRECONDITION', f.details)
+        : new EngineConflictError(f.address, f.details),
+  ],
   [status.UNAUTHENTICATED, (f) => new EngineAuthError(f.address, f.details)],
   [status.UNAVAILABLE, (f) => new EngineUnavailableError(f.address, f.details)],
   [

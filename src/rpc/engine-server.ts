@@ -143,9 +143,24 @@ function authInterceptor(token: string): ServerInterceptor {
 }
 
 /**
+ * Failures of the engine's machine or of the stored state that the submitter can act on
+ * (the trainer does not load, a folder is unusable, more GPUs than the engine has, a
+ * stored study that does not replay): FAILED_PRECONDITION, the details led by the code
+ * (`STAGETREE_ENVIRONMENT: the node trainer ... cannot be loaded: ...`).
+ */
+const PRECONDITION_CODES: ReadonlySet<string> = new Set([
+  ErrorCode.environment,
+  ErrorCode.io,
+  ErrorCode.resourceFit,
+  ErrorCode.resume,
+  ErrorCode.unsupported,
+]);
+
+/**
  * The status a failure becomes: bad input INVALID_ARGUMENT, an unknown study NOT_FOUND, a
- * conflict with the study's state FAILED_PRECONDITION, each with its message; anything
- * else INTERNAL with a generic message (the error itself goes to `onError`).
+ * conflict with the study's state FAILED_PRECONDITION, each with its message; a failure
+ * the submitter can act on (`PRECONDITION_CODES`) FAILED_PRECONDITION led by its code;
+ * anything else INTERNAL with a generic message (the error itself goes to `onError`).
  */
 function statusOf(
   method: string,
@@ -162,6 +177,11 @@ function statusOf(
             ? status.FAILED_PRECONDITION
             : null;
     if (code !== null) return { code, details: truncateText(e.message, MAX_ERROR_MESSAGE_CHARS) };
+    if (PRECONDITION_CODES.has(e.code))
+      return {
+        code: status.FAILED_PRECONDITION,
+        details: truncateText(`${e.code}: ${e.message}`, MAX_ERROR_MESSAGE_CHARS),
+      };
   }
   try {
     onError(method, e);

@@ -9,8 +9,10 @@ import {
   EngineCallError,
   EngineConflictError,
   EngineUnavailableError,
+  EnvironmentError,
   ExecutorClosedError,
   InvalidRequestError,
+  IoError,
   MalformedAnswerError,
   NotFoundError,
   PlaintextTokenError,
@@ -660,6 +662,26 @@ describe('engine service: errors of the executor map to status codes and typed e
     const e = await rejectionAs(connect(server.address).pause('alpha'), EngineConflictError);
     expect(e.message).toBe('cannot run study alpha: the executor is closed');
     expect(e.code).toBe('STAGETREE_CONFLICT');
+  });
+
+  it('a failure the submitter can act on → FAILED_PRECONDITION led by its code → EngineCallError', async () => {
+    const { fake, server, errors } = await serve();
+    const cases = [
+      new EnvironmentError('the node trainer /x/t.js cannot be loaded: no such file'),
+      new IoError('/store/checkpoints', 'is not writable'),
+    ];
+    let checked = 0;
+    for (const failure of cases) {
+      fake.failWith = failure;
+      const e = await rejectionAs(connect(server.address).get('alpha'), EngineCallError);
+      expect(e.status).toBe('FAILED_PRECONDITION');
+      expect(e.message).toBe(
+        `the engine at ${server.address} failed the call (FAILED_PRECONDITION): ${failure.code}: ${failure.message}`,
+      );
+      checked++;
+    }
+    expect(checked).toBe(2);
+    expect(errors).toEqual([]); // the caller was told; nothing for the engine's log
   });
 
   it('anything else → INTERNAL with a generic message; the error goes to onError only', async () => {

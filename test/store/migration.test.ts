@@ -199,6 +199,7 @@ class V3Store {
       case 'submit':
       case 'pause':
       case 'resume':
+      case 'cut': // (newer than v3: never in a v3 log)
         return;
     }
   }
