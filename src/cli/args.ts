@@ -25,3 +25,10 @@ export function retainChoice(value: string): 'best' | 'all' {
   }
   return value;
 }
+
+export function baselineChoice(value: string): 'trial-based' {
+  if (value !== 'trial-based') {
+    throw new InvalidArgumentError(`expected "trial-based", got ${value}`);
+  }
+  return value;
+}

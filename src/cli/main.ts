@@ -2,13 +2,23 @@ import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { Command, CommanderError } from 'commander';
 import { EnvironmentError, ErrorCode, InternalError, StagetreeError } from '../errors.js';
-import { planStudy, renderPlan, renderSimulation, simulateStudy } from '../report/index.js';
+import {
+  planStudy,
+  renderMarkdown,
+  renderPlan,
+  renderSimulation,
+  reportFromStore,
+  savingsLines,
+  simulateStudy,
+  trialTable,
+} from '../report/index.js';
 import { StudyStore } from '../store/index.js';
 import type { StudyStatus } from '../store/index.js';
 import { parseStudy } from '../study/index.js';
-import { positiveInt, retainChoice } from './args.js';
+import { baselineChoice, positiveInt, retainChoice } from './args.js';
 import { addRemoteCommands } from './remote.js';
-import { defaultPaths, runStudies, runStudy } from './run.js';
+import { baselinePaths, defaultPaths, runStudies, runStudy } from './run.js';
+import { ExecutionMode } from '../engine/index.js';
 import type { RunStudiesOutcome } from './run.js';
 import type { StudySource } from '../executor/index.js';
 import type { Study } from '../study/index.js';
@@ -140,6 +150,11 @@ function program(io: Io, exit: Exit): Command {
       '--restart',
       'start the log afresh (the old one is archived), reusing every trained state whose checkpoint is still there',
     )
+    .option(
+      '--baseline <mode>',
+      'run the study as a baseline instead, stored beside its store for `stagetree report`: trial-based (each trial alone in its own processes on a whole slot, from step 0)',
+      baselineChoice,
+    )
     .action(
       async (
         files: string[],
@@ -150,6 +165,7 @@ function program(io: Io, exit: Exit): Command {
           restart?: true;
           workers?: number;
           retain?: 'best' | 'all';
+          baseline?: 'trial-based';
         },
       ) => {
         const sources: StudySource[] = [];
@@ -180,12 +196,30 @@ function program(io: Io, exit: Exit): Command {
         };
         process.on('SIGINT', interrupt);
         process.on('SIGTERM', interrupt);
-        const paths = {
+        if (opts.baseline !== undefined && sources.length > 1)
+          throw new StudyFileError(
+            files[1] as string,
+            '--baseline runs one study: give one study file',
+          );
+        const given = {
           ...(opts.db !== undefined ? { db: opts.db } : {}),
           ...(opts.checkpoints !== undefined ? { checkpoints: opts.checkpoints } : {}),
         };
+        const first = sources[0] as StudySource;
+        // A baseline lives beside the study's store (its own store and checkpoints).
+        const paths =
+          opts.baseline !== undefined
+            ? baselinePaths(
+                defaultPaths(first.file, first.study, {
+                  ...(opts.db !== undefined ? { db: opts.db } : {}),
+                }),
+              )
+            : given;
         const options = {
           signal: abort.signal,
+          ...(opts.baseline !== undefined
+            ? { mode: ExecutionMode.trialBased, wholeSlots: true }
+            : {}),
           ...(opts.restart ? { restart: true } : {}),
           ...(opts.workers !== undefined ? { workers: opts.workers } : {}),
           ...(opts.retain !== undefined ? { retain: opts.retain } : {}),
@@ -238,6 +272,16 @@ function program(io: Io, exit: Exit): Command {
           return lines.join('\n');
         });
         io.out(texts.join('\n'));
+        if (opts.baseline !== undefined) {
+          io.out(
+            `trial-based baseline stored in ${out.paths.db}; \`stagetree report ${first.file}\` compares it with the stage-tree run`,
+          );
+        } else if (sources.length === 1 && out.studies[0]?.end === 'finished') {
+          // The point of the product, at the end of the first command: the savings.
+          const report = reportFromStore(out.paths.db, first.study, baselinePaths(out.paths).db);
+          for (const line of savingsLines(report)) io.out(line);
+          io.out(`full report: stagetree report ${first.file}`);
+        }
       },
     );
 
@@ -264,14 +308,49 @@ function program(io: Io, exit: Exit): Command {
           );
         }
         const status = store.status(study.name);
+        store.close();
+        // The per-trial table (hyperparameters, state, metrics), best first.
+        const report = reportFromStore(paths.db, study, null);
         io.out(
           opts.json
-            ? JSON.stringify(status)
-            : renderStatus(status, status.finished ? 'finished' : 'not finished', study),
+            ? JSON.stringify({ ...status, table: report.trials })
+            : `${renderStatus(status, status.finished ? 'finished' : 'not finished', study)}\n${trialTable(report)}`,
         );
       } finally {
         store.close();
       }
+    });
+  cli
+    .command('report')
+    .description(
+      "a study's savings report from its store: GPU-hours against trial-based execution, where the savings came from, every trial",
+    )
+    .argument('<study>', 'study file (or use --db)')
+    .option('--db <file>', 'the study store (default .stagetree/<name>.db beside the study)')
+    .option('--json', 'print one JSON object')
+    .option('--md', 'print markdown (the default)')
+    .action(async (file: string, opts: { db?: string; json?: true; md?: true }) => {
+      const study = await loadStudy(file);
+      const paths = defaultPaths(file, study, opts.db !== undefined ? { db: opts.db } : {});
+      if (!existsSync(paths.db)) {
+        throw new StudyFileError(file, `no study store at ${paths.db} (run the study first)`);
+      }
+      const names = (() => {
+        const store = StudyStore.open(paths.db);
+        try {
+          return store.studyNames();
+        } finally {
+          store.close();
+        }
+      })();
+      if (!names.includes(study.name)) {
+        throw new StudyFileError(
+          file,
+          `the store ${paths.db} holds no study ${JSON.stringify(study.name)} (it holds ${names.join(', ') || 'none'})`,
+        );
+      }
+      const report = reportFromStore(paths.db, study, baselinePaths(paths).db);
+      io.out(opts.json ? JSON.stringify(report) : renderMarkdown(report));
     });
   return cli;
 }

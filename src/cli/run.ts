@@ -6,7 +6,7 @@ import type { StudyStatus } from '../store/index.js';
 import type { Study } from '../study/index.js';
 import type { ProcessPool, RunStop } from '../workers/index.js';
 
-export { checkTrainer, defaultPaths } from '../executor/index.js';
+export { baselinePaths, checkTrainer, defaultPaths } from '../executor/index.js';
 export type { RunPaths } from '../executor/index.js';
 
 export interface RunOutcome {
@@ -31,6 +31,8 @@ export interface RunStudyOptions {
   readonly heartbeatTimeout?: number;
   /** `trial-based` runs the baseline (each trial alone) for comparisons. */
   readonly mode?: ExecutionMode;
+  /** Every stage on a whole slot (`ExecutorOptions.wholeSlots`): the one-GPU-per-trial baseline. */
+  readonly wholeSlots?: boolean;
   /** Sees every new log entry with the pool (tests kill workers from here). */
   readonly onEvent?: (entry: LogEntry, pool: ProcessPool) => void;
   /**
@@ -53,6 +55,7 @@ function executorOptions(paths: RunPaths, options: RunStudyOptions): ExecutorOpt
     db: paths.db,
     checkpoints: paths.checkpoints,
     ...(options.mode !== undefined ? { mode: options.mode } : {}),
+    ...(options.wholeSlots === true ? { wholeSlots: true } : {}),
     ...(options.log ? { log: options.log } : {}),
     ...(options.heartbeatTimeout !== undefined
       ? { heartbeatTimeout: options.heartbeatTimeout }

@@ -76,6 +76,11 @@ export interface ExecutorOptions {
   readonly workers?: number;
   /** `trial-based` runs the baseline (each trial alone) for comparisons. */
   readonly mode?: ExecutionMode;
+  /**
+   * Every stage takes a whole slot (GPU), whatever the study's `resources.gpus`: with
+   * `mode: trial-based`, the one-GPU-per-trial baseline of `run --baseline trial-based`.
+   */
+  readonly wholeSlots?: boolean;
   readonly pool?: PoolFactory;
   readonly log?: (worker: string, line: string) => void;
   readonly heartbeatTimeout?: number;
@@ -551,6 +556,7 @@ export class Executor {
       this.options.workers ?? Math.max(...[...this.members.values()].map((m) => m.study.workers));
     return {
       ...base,
+      ...(this.options.wholeSlots === true ? { share: () => 1 } : {}),
       maxWorkers: workers,
       durable: true,
       ...(this.shared

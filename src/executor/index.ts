@@ -12,6 +12,6 @@ export type {
   StudySource,
 } from './executor.js';
 export { AttemptLog } from './attempts.js';
-export { checkTrainer, defaultPaths, gpusPresent, workerCommand } from './local.js';
+export { baselinePaths, checkTrainer, defaultPaths, gpusPresent, workerCommand } from './local.js';
 export type { RunPaths } from './local.js';
 export { anchorStudy, ExecutorService, StudyExistsError } from './service.js';

@@ -24,6 +24,15 @@ export function defaultPaths(studyFile: string, study: Study, given: Partial<Run
   };
 }
 
+/**
+ * Where the trial-based baseline of a study's run lives (`run --baseline trial-based`):
+ * beside its store, `NAME.trial-based.db` and `NAME.trial-based-checkpoints/`.
+ */
+export function baselinePaths(paths: RunPaths): RunPaths {
+  const stem = paths.db.endsWith('.db') ? paths.db.slice(0, -3) : paths.db;
+  return { db: `${stem}.trial-based.db`, checkpoints: `${stem}.trial-based-checkpoints` };
+}
+
 export type RealTrainer = Exclude<Study['trainer'], { kind: 'sim' }>;
 
 export function realTrainer(study: Study): RealTrainer {
